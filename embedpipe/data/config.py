@@ -1,0 +1,70 @@
+"""Recipe sections for the data build and synthetic data generation."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from embedpipe.config_base import Section
+from embedpipe.encoder.instructions import task_type
+
+
+class SourceConfig(Section):
+    """One training source and its weight in each stage's mix (0 leaves it out of that stage)."""
+
+    name: str
+    kind: Literal["beir", "hf", "jsonl", "parquet", "pydoc", "synthetic"]
+    path: str | None = None  # folder or file (local or s3://); HF dataset name for kind=hf
+    split: str = "train"
+    task_type: str = "retrieval"
+    instruction: str | None = None
+    language: str = "en"
+    weight_pretrain: float = Field(0.0, ge=0)
+    weight_finetune: float = Field(1.0, ge=0)
+    max_records: int | None = Field(None, gt=0)
+
+    @field_validator("task_type")
+    @classmethod
+    def _known_task_type(cls, value: str) -> str:
+        return task_type(value).value
+
+
+class GeneratorConfig(Section):
+    """One LLM of the SDG mix; ``share`` is its fraction of the generated records."""
+
+    name: str
+    backend: Literal["transformers", "vllm", "openai"]
+    model: str
+    share: float = Field(1.0, gt=0)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    tensor_parallel_size: int = Field(1, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+
+
+class SDGConfig(Section):
+    enabled: bool = True
+    generators: list[GeneratorConfig] = Field(default_factory=list)
+    tasks: list[Literal["query_generation", "retrieval_triplet", "classification", "sts", "bitext"]] = Field(
+        default_factory=lambda: ["query_generation"]
+    )
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    records_per_task: int = Field(32, gt=0)
+    shard_size: int = Field(16, gt=0)
+    second_step_generator: str | None = None  # cross-model generation: step two by another model
+    min_chars: int = Field(8, ge=1)
+    max_chars: int = Field(2000, gt=1)
+    consistency_top_k: int | None = Field(20, gt=0)
+    seed_corpus: str = "pydoc"  # "pydoc" (Python's own docs, on every machine) or a source name / path
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    decontaminate_against: list[str] = Field(default_factory=list)
+    seed: int = 42
+    pretrain_records: int | None = Field(None, gt=0)
+    finetune_records: int | None = Field(None, gt=0)
+    lenient: bool = True

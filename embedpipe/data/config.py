@@ -23,6 +23,10 @@ class SourceConfig(Section):
     weight_pretrain: float = Field(0.0, ge=0)
     weight_finetune: float = Field(1.0, ge=0)
     max_records: int | None = Field(None, gt=0)
+    layout: str | None = None  # column layout (embedpipe.data.sources.LAYOUTS); inferred from columns when unset
+    subset: str | None = None  # HF dataset config (e.g. a MIRACL language)
+    min_score: float | None = None  # STS pairs below this score are not positives
+    holdout_fraction: float = Field(0.15, ge=0, lt=1)  # pydoc: share of sections held out as the evaluation task
 
     @field_validator("task_type")
     @classmethod

@@ -1,0 +1,177 @@
+"""The data build step: every recipe source -> decontaminated training records, a corpus, a manifest, eval tasks.
+
+Output layout (``out_dir``, local or ``s3://``)::
+
+    records.jsonl      public-set records (embedpipe.data.schema), decontaminated
+    corpus.jsonl       {"id", "text"} documents: the mining corpus and the SDG seed corpus
+    manifest.json      counts per source / task type / language, drops, decontamination, per-stage mix sizes
+    eval/tasks.json    held-out evaluation tasks (LocalTaskConfig dicts, paths relative to eval/)
+    eval/<task>/       BEIR folders of those tasks
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from embedpipe.data.decontaminate import collect_eval_texts, decontaminate
+from embedpipe.data.mix import mix_manifest, select_stage_records
+from embedpipe.data.schema import ReadReport, Record, read_records, write_jsonl, write_records
+from embedpipe.data.sources import Loaded, load_source
+
+log = logging.getLogger(__name__)
+
+PYDOC_TASK = "PydocRetrieval"
+
+
+def write_beir(folder: Path, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, dict[str, int]],
+               split: str = "test") -> None:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
+    write_jsonl(({"_id": k, "title": "", "text": v} for k, v in corpus.items()), folder / "corpus.jsonl")
+    write_jsonl(({"_id": k, "text": v} for k, v in queries.items()), folder / "queries.jsonl")
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, rels in qrels.items() for d, s in rels.items()]
+    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _load_all(recipe, eval_dir: Path) -> tuple[dict[str, Loaded], list[dict]]:
+    from embedpipe.evaluation.config import LocalTaskConfig
+
+    loaded: dict[str, Loaded] = {}
+    tasks: list[dict] = []
+    for source in recipe.data.sources:
+        started = time.perf_counter()
+        if source.kind == "synthetic":
+            if not source.path:
+                log.info("source %s: synthetic records come from the SDG step", source.name)
+                continue
+            report = ReadReport(source.path)
+            records = read_records(source.path, lenient=recipe.data.lenient, report=report)
+            loaded[source.name] = Loaded(records=[r.model_copy(update={"source": source.name}) for r in records],
+                                         dropped=Counter(report.dropped))
+        elif source.kind == "pydoc":
+            from embedpipe.data.pydoc_source import load_pydoc
+
+            data = load_pydoc(source, seed=recipe.data.seed)
+            loaded[source.name] = data.training
+            if data.eval_queries:
+                folder = "pydoc-retrieval" if source.name == "pydoc" else f"{source.name}-retrieval"
+                write_beir(eval_dir / folder, data.eval_corpus, data.eval_queries, data.eval_qrels)
+                name = PYDOC_TASK if source.name == "pydoc" else f"{source.name.title()}Retrieval"
+                tasks.append(LocalTaskConfig(name=name, type="retrieval", path=folder, split="test",
+                                             instruction=source.instruction, language=source.language).model_dump())
+        else:
+            loaded[source.name] = load_source(source, lenient=recipe.data.lenient)
+        got = loaded.get(source.name)
+        if got is not None:
+            log.info("source %s: %d records, %d documents (%.1fs)%s", source.name, len(got.records),
+                     len(got.documents), time.perf_counter() - started,
+                     f", dropped {dict(got.dropped)}" if got.dropped else "")
+    return loaded, tasks
+
+
+def build_training_data(recipe, out_dir: str | Path) -> dict:
+    """Load, validate, decontaminate and write the recipe's public-set training data; returns the manifest."""
+    from embedpipe import storage
+
+    remote = storage.is_remote(str(out_dir))
+    work = Path(tempfile.mkdtemp(prefix="embedpipe-data-")) if remote else Path(out_dir)
+    try:
+        manifest = _build(recipe, work)
+        if remote:
+            storage.upload(str(work), str(out_dir))
+    finally:
+        if remote:
+            shutil.rmtree(work, ignore_errors=True)
+    manifest["out_dir"] = str(out_dir)
+    return manifest
+
+
+def _build(recipe, out: Path) -> dict:
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    eval_dir = out / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    loaded, tasks = _load_all(recipe, eval_dir)
+    (eval_dir / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
+
+    records: list[Record] = []
+    documents: dict[str, str] = {}
+    seen_ids: set[str] = set()
+    dropped: dict[str, dict[str, int]] = {}
+    for name, got in loaded.items():
+        drops = Counter(got.dropped)
+        for record in got.records:
+            if record.id in seen_ids:
+                drops["duplicate_id"] += 1
+                continue
+            seen_ids.add(record.id)
+            records.append(record)
+        for doc_id, text in got.documents.items():
+            documents.setdefault(doc_id, text)
+        if drops:
+            dropped[name] = dict(drops)
+
+    eval_sets = collect_eval_texts(recipe.data.decontaminate_against, [eval_dir] if tasks else [])
+    records, decon = decontaminate(records, eval_sets)
+    if eval_sets:
+        from embedpipe.data.decontaminate import normalise
+
+        contaminated = set().union(*eval_sets.values())
+        before = len(documents)
+        documents = {k: v for k, v in documents.items() if normalise(v) not in contaminated}
+        decon["corpus_documents_removed"] = before - len(documents)
+
+    write_records(records, out / "records.jsonl")
+    write_jsonl(({"id": k, "text": v} for k, v in documents.items()), out / "corpus.jsonl")
+    manifest = {
+        **mix_manifest(records),
+        "corpus_documents": len(documents),
+        "dropped": dropped,
+        "decontamination": decon,
+        "eval_tasks": [t["name"] for t in tasks],
+        "stages": {stage: mix_manifest(select_stage_records(records, recipe, stage)) for stage in ("stage1", "stage2")},
+        "seed": recipe.data.seed,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _log_mlflow(manifest, out / "manifest.json")
+    return manifest
+
+
+def combine_records(paths: list[str | Path], out_path: str | Path, eval_dir: str | Path | None = None,
+                    decontaminate_against: list[str] | None = None, lenient: bool = True) -> dict:
+    """Concatenate record files (e.g. records.jsonl + synthetic.jsonl), dropping repeated ids and eval matches."""
+    records: list[Record] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for path in paths:
+        for record in read_records(path, lenient=lenient):
+            if record.id in seen:
+                duplicates += 1
+                continue
+            seen.add(record.id)
+            records.append(record)
+    eval_dirs = [eval_dir] if eval_dir and (Path(eval_dir) / "tasks.json").is_file() else []
+    records, decon = decontaminate(records, collect_eval_texts(decontaminate_against or [], eval_dirs))
+    write_records(records, out_path)
+    return {**mix_manifest(records), "duplicates_dropped": duplicates, "decontamination": decon}
+
+
+def _log_mlflow(manifest: dict, manifest_path: Path) -> None:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover
+        return
+    if mlflow.active_run() is None:
+        return
+    metrics = {"data.records": manifest["records"], "data.corpus_documents": manifest["corpus_documents"],
+               "data.decontaminated": manifest["decontamination"]["removed"]}
+    metrics.update({f"data.source.{k}": v for k, v in manifest["by_source"].items()})
+    mlflow.log_metrics(metrics)
+    mlflow.log_artifact(str(manifest_path), artifact_path="data")

@@ -1,0 +1,305 @@
+"""MLflow tracking: an experiment per recipe, the recipe as parameters, parent and child runs, scores, artifacts, the
+model registry, and ``compare`` (runs side by side, only the parameters that differ, plus a plot of scores).
+
+Step functions log to the active run when there is one; the pipeline's ``track`` step (and the CLI) open the runs.
+The tracking URI is the recipe's ``pipeline.mlflow_tracking_uri``: a local SQLite file by default, an MLflow server
+(``http://...``) by configuration alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be reached or used; the message names the URI."""
+
+
+def resolve_tracking_uri(uri: str, base: str | os.PathLike | None = None) -> str:
+    """Make a relative ``sqlite:///`` path (or a bare folder) absolute against ``base`` so subprocesses agree."""
+    base = Path(base or os.getcwd())
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_absolute():
+            return f"sqlite:///{(base / path).resolve()}"
+    if "://" not in uri and uri:
+        return str((base / uri).resolve())
+    return uri
+
+
+def setup(tracking_uri: str) -> str:
+    """Point MLflow at ``tracking_uri`` (creating a SQLite file's folder) and return it."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    return tracking_uri
+
+
+def check_tracking_uri(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Pre-flight: an MLflow server answers its health endpoint, or a SQLite store's folder is writable."""
+    if tracking_uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the configured server
+                if response.status != 200:
+                    raise TrackingError(f"MLflow server {tracking_uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(f"MLflow server {tracking_uri} is not reachable: {err}") from None
+    elif tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"MLflow store {tracking_uri}: cannot create {folder}: {err}") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow store {tracking_uri}: {folder} is not writable")
+
+
+def params_of(recipe) -> dict[str, str]:
+    """The recipe flattened into ``section.key`` parameters, long values cut to MLflow's limit."""
+    return {k: (v if len(v) <= MAX_PARAM_CHARS else v[: MAX_PARAM_CHARS - 3] + "...") for k, v in recipe.flat_params().items()}
+
+
+@contextmanager
+def recipe_run(recipe, run_name: str | None = None, parent_run_id: str | None = None, tags: dict | None = None,
+               params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Open a run in the recipe's experiment (a child of ``parent_run_id`` when given) with the recipe as params."""
+    import mlflow
+
+    mlflow.set_experiment(recipe.experiment_name)
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
+                          tags={"embedpipe.recipe": recipe.name, **(tags or {})}) as run:
+        log_params({**params_of(recipe), **{k: str(v) for k, v in (params or {}).items()}})
+        yield run
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log parameters in batches (MLflow takes at most 100 per call)."""
+    import mlflow
+
+    items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
+
+
+def numeric_metrics(tree: Any, prefix: str = "") -> dict[str, float]:
+    """Every finite number in a nested summary, keyed by its dotted path (MLflow metric names)."""
+    out: dict[str, float] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(numeric_metrics(value, f"{prefix}{key}."))
+    elif isinstance(tree, bool):
+        pass
+    elif isinstance(tree, (int, float)) and math.isfinite(tree):
+        name = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in prefix.rstrip("."))
+        out[name] = float(tree)
+    return out
+
+
+def log_scores(scores: dict) -> dict[str, float]:
+    """Log an evaluation summary: per-task, per-type, mean and Borda numbers become metrics; the JSON an artifact."""
+    import mlflow
+
+    metrics = numeric_metrics(scores)
+    if metrics:
+        mlflow.log_metrics(metrics)
+    mlflow.log_dict(scores, "evaluation/scores.json")
+    return metrics
+
+
+def loss_curve_png(history: list[dict], path: str | os.PathLike, title: str = "training loss") -> Path:
+    """Plot ``[{"step", "loss", ...}]`` to a PNG (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    steps = [h["step"] for h in history if "loss" in h]
+    losses = [h["loss"] for h in history if "loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def log_training(summary: dict, history: list[dict], name: str) -> None:
+    """A training stage's summary numbers (prefixed by ``name``), its loss history and its loss curve PNG."""
+    import tempfile
+
+    import mlflow
+
+    metrics = {f"{name}.{k}": v for k, v in numeric_metrics(summary).items()}
+    if metrics:
+        mlflow.log_metrics(metrics)
+    for entry in history:
+        if "loss" in entry and "step" in entry:
+            mlflow.log_metric(f"{name}.loss", float(entry["loss"]), step=int(entry["step"]))
+    mlflow.log_dict(summary, f"training/{name}/summary.json")
+    if history:
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(loss_curve_png(history, Path(tmp) / f"loss-{name}.png", f"{name} loss")),
+                                f"training/{name}")
+
+
+def _pyfunc_class():
+    import mlflow.pyfunc
+
+    class EmbeddingModel(mlflow.pyfunc.PythonModel):
+        """An embedpipe encoder export served by MLflow: a list/Series of texts in, unit-norm vectors out."""
+
+        def load_context(self, context):
+            from embedpipe.encoder import Encoder
+
+            self.encoder = Encoder.from_pretrained(context.artifacts["encoder"])
+
+        def predict(self, context, model_input, params=None):
+            texts = list(model_input.iloc[:, 0]) if hasattr(model_input, "iloc") else list(model_input)
+            return self.encoder.encode(texts)
+
+    return EmbeddingModel
+
+
+def log_and_register_model(model_dir: str | os.PathLike, registered_name: str | None) -> dict:
+    """Log the encoder export as an MLflow pyfunc model of the active run and register it when a name is given."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=_pyfunc_class()(),
+        artifacts={"encoder": str(model_dir)},
+        pip_requirements=["embedpipe"],
+    )
+    out = {"model_uri": info.model_uri}
+    if registered_name:
+        version = mlflow.register_model(info.model_uri, registered_name)
+        out.update(registered_name=registered_name, version=str(version.version))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- compare
+def runs_frame(experiment_name: str, parent_run_id: str | None = None, include_children: bool = False):
+    """The experiment's runs as a DataFrame (params.*, metrics.*, tags.*); children of one parent when given."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise TrackingError(f"no MLflow experiment named {experiment_name!r} at {mlflow.get_tracking_uri()}")
+    filter_string = f"tags.mlflow.parentRunId = '{parent_run_id}'" if parent_run_id else ""
+    frame = mlflow.search_runs([experiment.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
+    if not parent_run_id and not include_children and "tags.mlflow.parentRunId" in frame:
+        frame = frame[frame["tags.mlflow.parentRunId"].isna()]
+    return frame.reset_index(drop=True)
+
+
+def differing_params(frame) -> list[str]:
+    """Parameter columns whose values are not all the same across the runs."""
+    cols = [c for c in frame.columns if c.startswith("params.")]
+    return [c for c in cols if frame[c].astype(str).nunique(dropna=False) > 1]
+
+
+def compare_runs(experiment_name: str, out_png: str | os.PathLike | None = None, parent_run_id: str | None = None,
+                 metrics: list[str] | None = None, include_children: bool = False) -> dict:
+    """Runs of an experiment side by side: only the differing params and the chosen (default: mean) metrics.
+
+    Returns ``{"runs": [...names], "params": {name: [values]}, "metrics": {name: [values]}, "plot": path|None}``.
+    """
+    frame = runs_frame(experiment_name, parent_run_id, include_children)
+    if frame.empty:
+        raise TrackingError(f"experiment {experiment_name!r} has no runs to compare")
+    names = [str(n) if isinstance(n, str) and n else str(r)[:8]
+             for n, r in zip(frame.get("tags.mlflow.runName", frame["run_id"]), frame["run_id"])]
+    metric_cols = [c for c in frame.columns if c.startswith("metrics.")]
+    if metrics:
+        chosen = [f"metrics.{m}" for m in metrics if f"metrics.{m}" in frame]
+    else:
+        chosen = [c for c in metric_cols if c.split(".", 1)[1] in ("mean_task", "mean_task_type", "borda_rank")
+                  or c.startswith(("metrics.mean", "metrics.borda"))]
+        chosen = chosen or metric_cols[:6]
+    result = {
+        "runs": names,
+        "run_ids": list(frame["run_id"]),
+        "params": {c[len("params."):]: [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+                                        for v in frame[c]] for c in differing_params(frame)},
+        "metrics": {c[len("metrics."):]: [None if v is None or math.isnan(v) else float(v) for v in frame[c]]
+                    for c in chosen},
+        "plot": None,
+    }
+    if out_png and result["metrics"]:
+        result["plot"] = str(plot_scores(result, out_png, title=experiment_name))
+    return result
+
+
+def plot_scores(comparison: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """Grouped bars: one group per run (variant), one bar per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs, metrics = comparison["runs"], comparison["metrics"]
+    x = np.arange(len(runs))
+    width = 0.8 / max(1, len(metrics))
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(runs) + 2), 4))
+    for i, (name, values) in enumerate(metrics.items()):
+        ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0.0 for v in values], width, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(runs, rotation=20, ha="right")
+    ax.set_ylabel("score")
+    ax.set_title(f"scores per variant: {title}" if title else "scores per variant")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def comparison_table(comparison: dict):
+    """A rich Table: a column per run, a row per differing parameter then per metric."""
+    from rich.table import Table
+
+    table = Table(title="runs side by side (parameters that differ, then scores)")
+    table.add_column("", style="bold")
+    for name in comparison["runs"]:
+        table.add_column(name, overflow="fold")
+    for key, values in comparison["params"].items():
+        table.add_row(key, *["-" if v is None else v for v in values])
+    if comparison["params"] and comparison["metrics"]:
+        table.add_section()
+    for key, values in comparison["metrics"].items():
+        table.add_row(key, *["-" if v is None else f"{v:.4f}" for v in values], style="cyan")
+    return table
+
+
+def write_json_artifact(value: Any, artifact_file: str) -> None:
+    """Log a JSON-able value as an artifact of the active run (no-op without one)."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_dict(json.loads(json.dumps(value, default=str)), artifact_file)

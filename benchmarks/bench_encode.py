@@ -1,0 +1,77 @@
+"""Throughput of embedpipe's batched ``Encoder.encode`` against ``SentenceTransformer(dir).encode``.
+
+Same exported SmolLM2-135M encoder, the same 2,000 texts of mixed lengths (paragraphs of Python's own docs), the same
+batch size and maximum length; checks the vectors agree and prints texts/s for both and the ratio.
+
+    python benchmarks/bench_encode.py [--n 2000] [--batch-size 32] [--max-length 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pydoc_texts(n: int, seed: int = 0) -> list[str]:
+    """n texts of mixed lengths: paragraphs and sentence windows of pydoc topics."""
+    from pydoc_data.topics import topics
+
+    paragraphs = [p.strip() for text in topics.values() for p in text.split("\n\n") if len(p.strip()) > 20]
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(paragraphs), size=n, replace=len(paragraphs) < n)
+    out = []
+    for i in picks:
+        words = paragraphs[i].split()
+        keep = int(rng.integers(3, max(4, min(len(words), 200))))
+        out.append(" ".join(words[:keep]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--model-dir", default=None, help="an encoder export; default: convert SmolLM2 into a temp dir")
+    args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from embedpipe.encoder import Encoder
+    from embedpipe.encoder.convert import convert_checkpoint
+
+    model_dir = args.model_dir or str(convert_checkpoint("smollm2-135m-instruct", tempfile.mkdtemp(), args.max_length))
+    texts = pydoc_texts(args.n)
+    print(f"{len(texts)} texts, mean {np.mean([len(t) for t in texts]):.0f} chars; torch threads {torch.get_num_threads()}")
+
+    ours = Encoder.from_pretrained(model_dir, device="cpu", max_length=args.max_length)
+    st = SentenceTransformer(model_dir, trust_remote_code=True, device="cpu")
+    st.max_seq_length = args.max_length
+    ours.encode(texts[:64], batch_size=args.batch_size)  # warm-up both
+    st.encode(texts[:64], batch_size=args.batch_size)
+
+    results = {}
+    for name, fn in (
+        ("sentence-transformers", lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)),
+        ("embedpipe", lambda: ours.encode(texts, batch_size=args.batch_size)),
+    ):
+        start = time.perf_counter()
+        vectors = fn()
+        seconds = time.perf_counter() - start
+        results[name] = (vectors, seconds)
+        print(f"{name:>22}: {seconds:7.1f} s  {len(texts) / seconds:7.1f} texts/s")
+    diff = float(np.abs(results["embedpipe"][0] - results["sentence-transformers"][0]).max())
+    ratio = results["sentence-transformers"][1] / results["embedpipe"][1]
+    print(f"max |difference| between the vectors: {diff:.2e}")
+    print(f"throughput ratio embedpipe / sentence-transformers: {ratio:.2f}x (target >= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

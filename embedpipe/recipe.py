@@ -13,6 +13,7 @@ from embedpipe.data.config import DataConfig, SDGConfig
 from embedpipe.evaluation.config import EvaluationConfig
 from embedpipe.merging.config import MergeConfig
 from embedpipe.mining.config import MiningConfig
+from embedpipe.orchestration.config import AblationConfig, Toleration
 from embedpipe.training.config import TrainingConfig
 
 
@@ -36,6 +37,15 @@ class PipelineConfig(Section):
     gpu_accelerator: str = "nvidia.com/gpu"
     register_model_name: str | None = None
     runner: Literal["local", "kfp"] = "local"
+    gpu_tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    s3_secret: str = "embedpipe-s3"  # Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    mlflow_secret: str = "embedpipe-mlflow"  # Kubernetes Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD
+    kfp_host: str | None = None  # the KFP API endpoint `embedpipe submit` sends to
+    namespace: str = "kubeflow"  # where multi-node training jobs are created
+    job_timeout_s: int = Field(7 * 24 * 3600, gt=0)  # a multi-node training job that runs longer fails the step
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
 
 
 class Recipe(Section):

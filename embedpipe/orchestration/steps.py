@@ -1,0 +1,144 @@
+"""What each pipeline step does with its files, as plain Python over local folders.
+
+The KFP components in ``components/`` are thin wrappers over these functions (KFP hands them local paths for their
+artifacts, on a laptop and in a pod alike); each function calls one area's step function through its published
+contract and returns a JSON-able summary. Nothing here trains, mines or evaluates by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from embedpipe.recipe import Recipe, RecipeError, _set_override
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "step-summary.json"  # written beside a step's data outputs (never inside an encoder export)
+
+
+def recipe_from_json(recipe_json: str, overrides_json: str = "") -> Recipe:
+    """The recipe a component was given, with an ablation cell's ``section.key`` overrides applied."""
+    tree = json.loads(recipe_json)
+    overrides = json.loads(overrides_json) if overrides_json else {}
+    for key, value in overrides.items():
+        _set_override(tree, key, value)
+    try:
+        return Recipe.model_validate(tree)
+    except Exception as err:  # pydantic's ValidationError, reworded like load_recipe's
+        raise RecipeError(f"recipe given to the step (overrides {overrides}): {err}") from None
+
+
+def step_cache_dir() -> Path:
+    """Where steps keep caches that outlive a run (teacher embeddings, converted checkpoints)."""
+    path = Path(os.environ.get("EMBEDPIPE_STEP_CACHE", Path.home() / ".cache" / "embedpipe" / "steps"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_summary(folder: Path, summary: dict) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SUMMARY).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> dict:
+    """Data build: public sets -> records.jsonl, corpus.jsonl, manifest.json, eval/."""
+    from embedpipe.data.build import build_training_data
+
+    return build_training_data(recipe, Path(out_dir))
+
+
+def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """SDG over the data step's corpus; with SDG disabled, an empty synthetic.jsonl says so downstream."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not recipe.sdg.enabled or not recipe.sdg.generators:
+        (out / "synthetic.jsonl").write_text("")
+        return _write_summary(out, {"skipped": "sdg disabled" if not recipe.sdg.enabled else "no generators",
+                                    "records": 0})
+    from embedpipe.data.sdg import generate_synthetic
+
+    summary = generate_synthetic(recipe, Path(data_dir) / "corpus.jsonl", out)
+    return _write_summary(out, summary)
+
+
+def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Public + synthetic records (deduplicated, decontaminated) -> hard negatives mined against the corpus."""
+    from embedpipe.data.build import combine_records
+    from embedpipe.mining.mine import mine_hard_negatives
+
+    data, out = Path(data_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [data / "records.jsonl"]
+    synthetic = Path(synthetic_dir) / "synthetic.jsonl"
+    if synthetic.is_file() and synthetic.stat().st_size:
+        sources.append(synthetic)
+    combined = combine_records(sources, out / "combined.jsonl", eval_dir=data / "eval",
+                               decontaminate_against=recipe.data.decontaminate_against, lenient=recipe.data.lenient)
+    stats = mine_hard_negatives(out / "combined.jsonl", data / "corpus.jsonl", recipe.mining, out / "records.jsonl",
+                                cache_dir=step_cache_dir() / "mining")
+    (out / "combined.jsonl").unlink()
+    return _write_summary(out, {"combine": combined, "mining": stats})
+
+
+def base_model_source(recipe: Recipe, work_dir: str | os.PathLike) -> str:
+    """What stage 1 starts from: the recipe's base (packaged name, folder, GGUF, hub id) or a tiny random Llama."""
+    if recipe.model.random_init:
+        from embedpipe.encoder.convert import random_tiny_llama
+
+        target = Path(work_dir) / "random-init-base"
+        if not (target / "config.json").exists():
+            random_tiny_llama(target, seed=recipe.seed, **recipe.model.random_init)
+        return str(target)
+    return recipe.model.base
+
+
+def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
+          variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None) -> dict:
+    """One training stage (a stage-2 variant when ``variant`` is given); ``out_dir`` becomes an encoder export."""
+    from embedpipe.training.run import train_stage
+
+    return train_stage(recipe, stage, Path(records_dir) / "records.jsonl", init_model, Path(out_dir),
+                       variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
+
+
+def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike) -> dict:
+    """Average the stage-2 checkpoints (the recipe's merge method and weights)."""
+    from embedpipe.merging.merge import merge_checkpoints
+
+    return merge_checkpoints(model_dirs, Path(out_dir), weights=recipe.merge.weights, shard_size=recipe.merge.shard_size)
+
+
+def evaluate(recipe: Recipe, model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             model_name: str | None = None) -> dict:
+    """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks."""
+    from embedpipe.evaluation.run import evaluate as run_evaluation
+
+    eval_dir = Path(data_dir) / "eval"
+    return run_evaluation(Path(model_dir), recipe.evaluation, Path(out_dir),
+                          extra_tasks_dir=eval_dir if (eval_dir / "tasks.json").is_file() else None,
+                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name)
+
+
+def variant_name(variant: dict | None, index: int | None = None) -> str:
+    if variant and variant.get("name"):
+        return str(variant["name"])
+    return f"variant-{index}" if index is not None else "variant"
+
+
+def stage2_variants(recipe: Recipe) -> list[dict]:
+    """The recipe's stage-2 runs (at least one: the plain stage-2 settings)."""
+    variants = recipe.training.stage2_variants or [{"name": recipe.training.stage2.name}]
+    names = [variant_name(v, i) for i, v in enumerate(variants)]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"training.stage2_variants: names must be unique, got {names}")
+    return [{**v, "name": n} for v, n in zip(variants, names)]
+
+
+def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}

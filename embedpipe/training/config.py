@@ -29,6 +29,9 @@ class StageConfig(Section):
     gradient_checkpointing: bool = False
     checkpoint_every: int | None = Field(None, gt=0)
     data_weights: dict[str, float] | None = None  # overrides of the sources' fine-tuning weights (stage-2 variants)
+    max_grad_norm: float | None = Field(1.0, gt=0)  # gradient clipping (None: off; the norm is still logged)
+    max_tokens_per_forward: int = Field(16384, gt=0)  # padded tokens per forward chunk (length-sorted packing)
+    log_every: int = Field(1, gt=0)
 
 
 class TrainingConfig(Section):
@@ -41,5 +44,8 @@ class TrainingConfig(Section):
     stage1: StageConfig = Field(default_factory=lambda: StageConfig(name="pretrain", hard_negatives=1))
     stage2: StageConfig = Field(default_factory=lambda: StageConfig(name="finetune", hard_negatives=4))
     stage2_variants: list[dict] = Field(default_factory=list)  # each: {"name": ..., **StageConfig overrides}
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)

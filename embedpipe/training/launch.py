@@ -1,0 +1,57 @@
+"""``python -m embedpipe.training.launch``: one stage, in one process or under torchrun (multi-GPU, multi-node).
+
+    torchrun --nproc_per_node 8 --nnodes 4 ... -m embedpipe.training.launch \\
+        --recipe recipes/llama-embed-nemotron-8b.yaml --stage stage1 --records s3://.../records.jsonl \\
+        --init-model meta-llama/Llama-3.1-8B --out s3://.../stage1 --checkpoint-dir s3://.../ckpt/stage1
+
+Rank 0 writes the summary (``--summary``) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m embedpipe.training.launch", description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--stage", required=True, choices=["stage1", "stage2"])
+    parser.add_argument("--records", required=True, help="records JSONL/Parquet (local or s3://), with mined negatives")
+    parser.add_argument("--init-model", required=True, help="encoder export or base checkpoint")
+    parser.add_argument("--out", required=True, help="output encoder export (local or s3://)")
+    parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--variant", default=None, help='stage-2 variant as JSON, e.g. \'{"name": "mix-b", "learning_rate": 3e-6}\'')
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override section.key=value")
+    parser.add_argument("--summary", default=None, help="write the summary JSON here (rank 0)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
+    from embedpipe.recipe import load_recipe
+    from embedpipe.training.run import train_stage
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    variant = json.loads(args.variant) if args.variant else None
+    summary = train_stage(recipe, args.stage, args.records, args.init_model, args.out, variant=variant,
+                          checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume)
+    if rank == 0 and args.summary:
+        with open(args.summary, "w") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""One training stage: records + initial model -> encoder export, with checkpoints, exact resume and MLflow.
+
+``train_stage`` runs in one process or under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment; the
+process group is started here when it is not yet). Every bad input is refused before the first step: a record with
+too few hard negatives or an empty text, a batch that does not divide over the devices and micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from embedpipe import storage
+from embedpipe.encoder.encoder import Encoder, NotAnEncoderExport, read_export_metadata
+from embedpipe.encoder.modeling_bidirectional_llama import mean_pool
+from embedpipe.training.backends import make_backend
+from embedpipe.training.checkpoint import CheckpointStore
+from embedpipe.training.config import StageConfig
+from embedpipe.training.data import Examples, build_examples, device_micro_batches, pad, packed_chunks, step_indices
+from embedpipe.training.losses import Keys, build_loss, text_keys
+from embedpipe.training import tracking
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "EMBEDPIPE_FAULT_AFTER_STEP"  # tests: SIGKILL this process right after the checkpoint of that step
+
+
+class TrainingConfigError(ValueError):
+    """A recipe that cannot run on this many devices (or with this batch); raised before any step."""
+
+
+# ---------------------------------------------------------------------------------------------- set-up helpers
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group from torchrun's environment when needed."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend=backend)
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def resolve_stage(recipe, stage: str, variant: dict | None) -> StageConfig:
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+    base = getattr(recipe.training, stage)
+    if not variant:
+        return base
+    overrides = dict(variant)
+    name = overrides.pop("name", None)
+    merged = {**base.model_dump(), **overrides}
+    if name:
+        merged["name"] = f"{base.name}-{name}"
+    return StageConfig.model_validate(merged)
+
+
+def plan_batches(stage: StageConfig, world_size: int) -> tuple[int, int, int]:
+    """(per-device batch, micro-batch, accumulation steps), or a clear error."""
+    if stage.batch_size % world_size:
+        raise TrainingConfigError(
+            f"training.{stage.name}: batch_size {stage.batch_size} does not divide over {world_size} devices")
+    per_device = stage.batch_size // world_size
+    micro = min(stage.micro_batch_size or per_device, per_device)
+    if per_device % micro:
+        raise TrainingConfigError(
+            f"training.{stage.name}: the per-device batch {per_device} (batch_size {stage.batch_size} / {world_size} "
+            f"devices) is not a multiple of micro_batch_size {micro}")
+    return per_device, micro, per_device // micro
+
+
+def load_init_model(init_model: str | Path, cache_dir: Path | None = None):
+    """An encoder export, or any base checkpoint ``convert_checkpoint`` accepts (folder, .gguf, packaged alias)."""
+    from embedpipe.encoder.convert import load_bidirectional
+    from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalModel
+    from transformers import AutoTokenizer
+
+    source = storage.local_copy(str(init_model), cache_dir) if storage.is_remote(str(init_model)) else init_model
+    try:
+        meta = read_export_metadata(source)
+    except (NotAnEncoderExport, FileNotFoundError):
+        meta = None
+    if meta is not None:
+        model = LlamaBidirectionalModel.from_pretrained(str(source), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer, meta
+    model, tokenizer = load_bidirectional(source, dtype=torch.float32)
+    return model, tokenizer, {"base_model": str(init_model)}
+
+
+def load_stage_records(recipe, stage: str, records_path, stage_cfg: StageConfig, variant: dict | None):
+    from embedpipe.data.mix import select_stage_records
+    from embedpipe.data.schema import read_records
+
+    records = read_records(storage.local_copy(str(records_path)))
+    weights = (variant or {}).get("data_weights") or None
+    return select_stage_records(records, recipe, stage, weights_override=weights, seed=recipe.training.seed)
+
+
+# ---------------------------------------------------------------------------------------------- the step
+def _forward_texts(module, ids: list[list[int]], pad_id: int, device, max_tokens: int) -> tuple[torch.Tensor, int, int]:
+    """Embeddings of token-id lists in length-sorted chunks (gradients kept); returns (emb, real, padded) tokens."""
+    out: list[torch.Tensor | None] = [None] * len(ids)
+    real = padded = 0
+    for chunk in packed_chunks(ids, max_tokens):
+        batch = pad([ids[i] for i in chunk], pad_id, device)
+        hidden = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        emb = torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), p=2, dim=-1)
+        for row, i in enumerate(chunk):
+            out[i] = emb[row]
+        real += int(batch["attention_mask"].sum())
+        padded += batch["attention_mask"].numel()
+    return torch.stack(out), real, padded
+
+
+def micro_batch_loss(backend, loss_fn, examples: Examples, rows: list[int], k: int, pad_id: int, device,
+                     max_tokens: int) -> tuple[torch.Tensor, int, int]:
+    q_ids = [examples.query_ids[i] for i in rows]
+    d_ids = [d for i in rows for d in examples.doc_ids[i]]
+    with backend.autocast():
+        q, rq, pq = _forward_texts(backend.module, q_ids, pad_id, device, max_tokens)
+        d, rd, pd = _forward_texts(backend.module, d_ids, pad_id, device, max_tokens)
+    d = d.view(len(rows), k + 1, -1)
+    keys = Keys(text_keys([examples.query_texts[i] for i in rows], device),
+                text_keys([examples.doc_texts[i][0] for i in rows], device),
+                text_keys([t for i in rows for t in examples.doc_texts[i][1:]], device).view(len(rows), k))
+    symmetric = torch.tensor([examples.symmetric[i] for i in rows], device=device)
+    loss = loss_fn(q.float(), d[:, 0].float(), d[:, 1:].float(), keys=keys, symmetric=symmetric)
+    return loss, rq + rd, pq + pd
+
+
+def _all_sum(values: list[float], device) -> list[float]:
+    if not torch.distributed.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _precision(training, device) -> bool:
+    if training.precision == "auto":
+        return device.type == "cuda"
+    return training.precision == "bf16"
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: dict | None = None,
+                checkpoint_dir=None, resume: bool = True) -> dict:
+    """Train one stage and write ``out_dir`` as an encoder export; returns a JSON-able summary.
+
+    ``init_model``: an encoder export (stage 2 starts from stage 1's) or a base checkpoint source.
+    ``checkpoint_dir``: local folder or ``s3://`` prefix for periodic checkpoints (``stage.checkpoint_every``);
+    with ``resume`` the latest one there is loaded and training continues at its step with the same data order.
+    """
+    started = time.time()
+    training = recipe.training
+    stage_cfg = resolve_stage(recipe, stage, variant)
+    rank, world_size, local_rank = init_distributed()
+    per_device, micro, accumulation = plan_batches(stage_cfg, world_size)
+    if training.backend == "fsdp" and world_size == 1:
+        log.info("fsdp backend with one process: sharding over one rank")
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(training.seed)
+
+    model, tokenizer, init_meta = load_init_model(init_model)
+    records = load_stage_records(recipe, stage, records_path, stage_cfg, variant)
+    k = stage_cfg.hard_negatives
+    examples = build_examples(records, tokenizer, k, stage_cfg.max_query_length, stage_cfg.max_document_length,
+                              source=str(records_path))
+    if examples.truncated and rank == 0:
+        log.warning("%d texts were longer than the stage's maximum length and were truncated", examples.truncated)
+    loss_fn = build_loss(training.loss, training.temperature)
+    bf16 = _precision(training, device)
+    if stage_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    if torch.distributed.is_initialized() and world_size > 1:
+        _broadcast_init(model)
+    backend = make_backend(training.backend, model, stage_cfg, training, device, rank, world_size, accumulation,
+                           bf16, micro)
+
+    store = CheckpointStore(str(checkpoint_dir), rank, world_size) if checkpoint_dir else None
+    start_step, resumed_from = 0, None
+    if store and resume:
+        latest = store.latest()
+        if latest:
+            backend.load(store.fetch(latest["name"]))
+            start_step, resumed_from = int(latest["step"]), latest["name"]
+            if rank == 0:
+                log.info("resumed from %s (step %d)", latest["name"], start_step)
+
+    if rank == 0:
+        tracking.log_params({**recipe.flat_params(), **{f"train.{stage}.{k_}": v for k_, v in
+                             stage_cfg.model_dump(mode="json").items()}, f"train.{stage}.records": len(examples),
+                             f"train.{stage}.world_size": world_size})
+    peak = tracking.peak_flops(device)
+    pad_id = tokenizer.pad_token_id
+    history: list[dict] = []
+    fault = int(os.environ.get(FAULT_ENV, "0") or 0)
+    real_total = padded_total = 0
+    for step in range(start_step, stage_cfg.steps):
+        t0 = time.perf_counter()
+        indices = step_indices(len(examples), stage_cfg.batch_size, step, training.seed)
+        micro_batches = device_micro_batches(examples, indices, rank, world_size, micro)
+        loss_sum, real, padded = 0.0, 0, 0
+        for m, rows in enumerate(micro_batches):
+            last = m == len(micro_batches) - 1
+            ctx = backend.no_sync() if not last else _null()
+            with ctx:
+                loss, r_, p_ = micro_batch_loss(backend, loss_fn, examples, rows, k, pad_id, device,
+                                                stage_cfg.max_tokens_per_forward)
+                backend.backward(loss)
+            if not last:
+                backend.micro_step()
+            loss_sum += float(loss.detach()) / len(micro_batches)
+            real, padded = real + r_, padded + p_
+        lr = backend.lr
+        grad_norm = backend.step()
+        loss_sum, real, padded = _all_sum([loss_sum / world_size, real, padded], device)
+        seconds = time.perf_counter() - t0
+        real_total, padded_total = real_total + real, padded_total + padded
+        metrics = {"loss": loss_sum, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": real / seconds,
+                   "padding_fraction": 1 - real / max(padded, 1)}
+        if peak:
+            seq = real / max(stage_cfg.batch_size * (k + 2), 1)
+            metrics["mfu"] = tracking.train_flops_per_token(model.config, seq) * real / seconds / (peak * world_size)
+        history.append({"step": step + 1, **metrics})
+        if rank == 0 and ((step + 1) % stage_cfg.log_every == 0 or step + 1 == stage_cfg.steps):
+            tracking.log_metrics({f"{stage}.{name}": v for name, v in metrics.items()}, step=step + 1)
+            log.info("%s step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s", stage, step + 1, stage_cfg.steps,
+                     loss_sum, lr, grad_norm, metrics["tokens_per_s"])
+        if store and stage_cfg.checkpoint_every and (step + 1) % stage_cfg.checkpoint_every == 0 \
+                and step + 1 < stage_cfg.steps:
+            store.save(step + 1, backend, {"step": step + 1, "stage": stage, "history": history[-50:]})
+            if fault and step + 1 == fault:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    state = backend.full_state_dict()
+    summary = {"stage": stage, "stage_name": stage_cfg.name, "steps": stage_cfg.steps, "start_step": start_step,
+               "resumed_from": resumed_from, "records": len(examples), "hard_negatives": k, "loss": training.loss,
+               "backend": training.backend, "world_size": world_size, "batch_size": stage_cfg.batch_size,
+               "micro_batch_size": micro, "accumulation": accumulation, "bf16": bf16,
+               "init_model": str(init_model), "out_dir": str(out_dir), "truncated_texts": examples.truncated,
+               "first_loss": history[0]["loss"] if history else None,
+               "final_loss": history[-1]["loss"] if history else None,
+               "mean_tokens_per_s": (sum(h["tokens_per_s"] for h in history) / len(history)) if history else None,
+               "padding_fraction": 1 - real_total / max(padded_total, 1) if history else None,
+               "history": history, "seconds": round(time.time() - started, 2)}
+    summary["replica_checksums"] = _replica_checksums(backend, training.backend, device)
+    if rank == 0:
+        _write_export(state, model, tokenizer, init_meta, stage_cfg, out_dir, summary)
+        tracking.log_metrics({f"{stage}.final_loss": summary["final_loss"] or float("nan")}, step=stage_cfg.steps)
+        local_out = storage.local_copy(str(out_dir)) if storage.is_remote(str(out_dir)) else Path(out_dir)
+        tracking.log_model_dir(str(local_out), f"model-{stage_cfg.name}")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return summary
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _broadcast_init(model) -> None:
+    """Every rank starts from rank 0's weights (they load the same file; this makes it a guarantee)."""
+    for p in model.parameters():
+        torch.distributed.broadcast(p.data, src=0)
+
+
+def _replica_checksums(backend, name: str, device) -> list[float] | None:
+    """Per-rank sum of all weights (replicated backends only): equal values show the replicas stayed in sync."""
+    if name != "torch":
+        return None
+    total = torch.tensor([sum(float(p.detach().double().sum()) for p in backend.model.parameters())],
+                         dtype=torch.float64, device=device)
+    if not torch.distributed.is_initialized():
+        return [float(total)]
+    parts = [torch.zeros_like(total) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, total)
+    return [float(p) for p in parts]
+
+
+def _write_export(state, model, tokenizer, init_meta, stage_cfg, out_dir, summary) -> None:
+    """Load the consolidated fp32 weights into a plain CPU model and save the encoder export (local or s3://)."""
+    import tempfile
+
+    from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalModel
+
+    plain = LlamaBidirectionalModel(model.config)
+    plain.load_state_dict(state)
+    encoder = Encoder(plain.eval(), tokenizer, max_length=stage_cfg.max_document_length,
+                      query_max_length=stage_cfg.max_query_length)
+    meta = {"base_model": init_meta.get("base_model"), "training": {
+        k: v for k, v in summary.items() if k not in ("history", "replica_checksums")}}
+    if storage.is_remote(str(out_dir)):
+        with tempfile.TemporaryDirectory() as tmp:
+            encoder.save(Path(tmp) / "model", **meta)
+            (Path(tmp) / "model" / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            storage.upload(Path(tmp) / "model", str(out_dir))
+    else:
+        encoder.save(out_dir, **meta)
+        (Path(out_dir) / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))

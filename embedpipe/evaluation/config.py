@@ -23,5 +23,7 @@ class EvaluationConfig(Section):
     tasks: list[str] = Field(default_factory=list)  # mteb task names; needs hub access
     local_tasks: list[LocalTaskConfig] = Field(default_factory=list)
     reference_results: str | None = None  # folder of mteb result files to rank against
+    # task name or mteb task type ("Retrieval", "STS", ...) -> instruction, for tasks whose metadata has none
+    instructions: dict[str, str] = Field(default_factory=dict)
     batch_size: int = Field(32, gt=0)
     max_corpus: int | None = Field(None, gt=0)

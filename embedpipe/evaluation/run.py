@@ -1,0 +1,213 @@
+"""Evaluate a model with mteb: named benchmarks / tasks (hub access) and local-file tasks (offline), results in mteb's
+result layout (``out_dir/results/<org>__<model>/<revision>/<Task>.json``) so they sit beside public results.
+
+The revision is the content hash of the weights, so a re-run on the same model finds its results and skips those tasks,
+and the embedding cache (mteb's ``CachedEmbeddingWrapper``, keyed by model hash and instruction table) means that even
+a task whose results were deleted is scored again without encoding anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+
+from embedpipe.encoder.encoder import EXPORT_MARKER, NotAnEncoderExport
+from embedpipe.evaluation.config import EvaluationConfig
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+TASK_TYPES_FILE = "task_types.json"
+
+
+def resolve_model_dir(model: str | Path) -> tuple[Path, str]:
+    """(folder, kind) where kind is ``"embedpipe"`` (encoder export) or ``"sentence-transformers"``."""
+    from embedpipe.assets import resolve_model
+
+    path = Path(resolve_model(str(model)))
+    if not path.exists():
+        raise FileNotFoundError(f"model {model} does not exist")
+    if path.is_dir() and (path / EXPORT_MARKER).is_file():
+        return path, "embedpipe"
+    if path.is_dir() and (path / "modules.json").is_file():
+        return path, "sentence-transformers"
+    raise NotAnEncoderExport(
+        f"{path} is not an embedpipe encoder export (no {EXPORT_MARKER}) nor a sentence-transformers model "
+        "(no modules.json); create an export with `embedpipe convert`"
+    )
+
+
+def model_revision(model_dir: Path) -> str:
+    """Short content hash of the weight files (safetensors or PyTorch bin)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise NotAnEncoderExport(f"{model_dir} holds no weight files (*.safetensors / *.bin)")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def mteb_model_name(model_dir: Path, model_name: str | None) -> str:
+    """mteb wants ``org/name``; bare names are put under ``embedpipe/``."""
+    name = model_name or model_dir.name
+    return name if "/" in name else f"embedpipe/{name}"
+
+
+def collect_tasks(config: EvaluationConfig, extra_tasks_dir: str | Path | None) -> list:
+    """Local tasks (recipe + the data build's tasks.json) and named mteb tasks / benchmark."""
+    import mteb
+
+    from embedpipe.evaluation.tasks import build_task, read_tasks_file
+
+    tasks = [build_task(t, max_corpus=config.max_corpus) for t in config.local_tasks]
+    if extra_tasks_dir is not None:
+        tasks += [build_task(t, max_corpus=config.max_corpus) for t in read_tasks_file(extra_tasks_dir)]
+    if config.tasks:
+        tasks += list(mteb.get_tasks(tasks=config.tasks))
+    if config.benchmark:
+        tasks += list(mteb.get_benchmark(config.benchmark).tasks)
+    names = [t.metadata.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"task {duplicates[0]!r} is defined more than once")
+    if not tasks:
+        raise ValueError("nothing to evaluate: set evaluation.benchmark, evaluation.tasks or evaluation.local_tasks, "
+                         "or give a folder with tasks.json")
+    return tasks
+
+
+def instruction_table(config: EvaluationConfig) -> dict[str, str]:
+    table = dict(config.instructions)
+    for task in config.local_tasks:
+        if task.instruction:
+            table.setdefault(task.name, task.instruction)
+    return table
+
+
+def evaluate(
+    model_dir: str | Path,
+    config: EvaluationConfig,
+    out_dir: str | Path,
+    extra_tasks_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    model_name: str | None = None,
+) -> dict:
+    """Run every configured task; return per-task main scores, Mean(Task), Mean(TaskType) and (with reference
+    results) the Borda rank. Scores are logged to the active MLflow run, if any."""
+    import mteb
+    from mteb.models.cache_wrappers import CachedEmbeddingWrapper
+
+    from embedpipe.encoder.convert import cache_dir as embedpipe_cache
+    from embedpipe.evaluation.leaderboard import build_leaderboard, load_results_folder
+
+    path, kind = resolve_model_dir(model_dir)
+    revision = model_revision(path)
+    name = mteb_model_name(path, model_name)
+    tasks = collect_tasks(config, extra_tasks_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = mteb.ResultCache(out)
+
+    if kind == "embedpipe":
+        from embedpipe.evaluation.model import EmbedpipeEncoder
+
+        table = instruction_table(config)
+        model = EmbedpipeEncoder(path, name, revision, instructions=table)
+        flavour = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:8]
+    else:
+        from mteb.models import SentenceTransformerEncoderWrapper
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformerEncoderWrapper(SentenceTransformer(str(path)))
+        model.mteb_model_meta = model.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
+        flavour = "st"
+    meta = model.mteb_model_meta
+
+    skipped = [t.metadata.name for t in tasks if results.get_task_result_path(t.metadata.name, meta).is_file()]
+    if skipped:
+        log.info("skipping %d task(s) with results already in %s: %s", len(skipped), out, ", ".join(skipped))
+    embeddings = Path(cache_dir) if cache_dir is not None else embedpipe_cache() / "embeddings"
+    cached = CachedEmbeddingWrapper(model, embeddings / meta.model_name_as_path() / revision / flavour)
+    result = mteb.evaluate(
+        cached,
+        tasks,
+        cache=results,
+        overwrite_strategy="only-missing",
+        encode_kwargs={"batch_size": config.batch_size},
+        show_progress_bar=False,
+        raise_error=True,
+    )
+    cached.close()
+
+    task_types = {t.metadata.name: t.metadata.type for t in tasks}
+    scores = {r.task_name: float(r.get_score()) for r in result.task_results}
+    per_type: dict[str, list[float]] = {}
+    for task, score in scores.items():
+        per_type.setdefault(task_types[task], []).append(score)
+    mean_per_type = {k: sum(v) / len(v) for k, v in per_type.items()}
+    summary = {
+        "model_name": name,
+        "revision": revision,
+        "model_dir": str(path),
+        "results_dir": str(results.get_task_result_path("x", meta).parent),
+        "scores": scores,
+        "task_types": task_types,
+        "mean_task": _mean(scores.values()),
+        "mean_task_type": _mean(mean_per_type.values()),
+        "mean_per_type": mean_per_type,
+        "evaluated": [t for t in scores if t not in skipped],
+        "skipped": skipped,
+        "encoded_texts": getattr(model, "encoded_texts", None),
+    }
+    _write_task_types(out, task_types)
+    if config.reference_results:
+        board = build_leaderboard(
+            load_results_folder(config.reference_results) + load_results_folder(out),
+            task_types=task_types,
+            tasks=list(task_types),
+        )
+        summary["leaderboard"] = board.to_records()
+        summary["borda_rank"] = board.rank_of(name)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    _log_to_mlflow(summary, out)
+    return summary
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+def _write_task_types(out: Path, task_types: dict[str, str]) -> None:
+    path = out / TASK_TYPES_FILE
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known.update(task_types)
+    path.write_text(json.dumps(known, indent=2, sort_keys=True))
+
+
+def _metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in text)
+
+
+def _log_to_mlflow(summary: dict, out: Path) -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    metrics = {f"eval.{_metric_name(task)}": score for task, score in summary["scores"].items()}
+    metrics.update({f"eval.type.{_metric_name(k)}": v for k, v in summary["mean_per_type"].items()})
+    metrics["eval.mean_task"] = summary["mean_task"]
+    metrics["eval.mean_task_type"] = summary["mean_task_type"]
+    if summary.get("borda_rank") is not None:
+        metrics["eval.borda_rank"] = float(summary["borda_rank"])
+    mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
+    mlflow.set_tag("eval.model_revision", summary["revision"])
+    mlflow.log_artifact(str(out / SUMMARY_FILE), artifact_path="evaluation")
+    mlflow.log_artifacts(summary["results_dir"], artifact_path="evaluation/results")

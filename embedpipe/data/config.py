@@ -47,6 +47,10 @@ class GeneratorConfig(Section):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(8, gt=0)  # prompts per forward (transformers) / requests in flight (openai)
+    max_retries: int = Field(2, ge=0)  # openai client retries per request
+    request_timeout: float = Field(120.0, gt=0)
+    max_model_len: int | None = Field(None, gt=0)  # vllm engine context length
 
 
 class SDGConfig(Section):
@@ -63,6 +67,9 @@ class SDGConfig(Section):
     max_chars: int = Field(2000, gt=1)
     consistency_top_k: int | None = Field(20, gt=0)
     seed_corpus: str = "pydoc"  # "pydoc" (Python's own docs, on every machine) or a source name / path
+    teacher: str = "all-minilm-l6-v2"  # embedder of the consistency filter
+    brainstorm_tasks: int = Field(8, gt=0)  # tasks asked for in step one of two-step generation
+    seed: int = 42
 
 
 class DataConfig(Section):

@@ -1,0 +1,477 @@
+"""Synthetic data generation (SDG) with a mix of LLMs: prompts -> parsed records -> filters -> ``synthetic.jsonl``.
+
+Tasks (Jinja templates in ``templates/``): ``query_generation`` (seed-corpus document -> query), ``retrieval_triplet``
+(E5-style, two steps: brainstorm retrieval tasks, then query + positive + hard negative), ``classification`` (two steps:
+brainstorm tasks, then text + label + misleading label), ``sts`` (S1/S2/S3 with high and low similarity) and
+``bitext`` (a sentence and its translation). The target language is a template parameter.
+
+The work is planned up front as numbered items, grouped into shards; each shard goes to one generator of the mix
+(by the generators' shares) and is written atomically under ``out_dir/shards/``. A restarted run skips the shards that
+exist and, because every shard's sampling is seeded from (recipe seed, task, shard), produces the same records.
+Malformed model output is rejected and counted per reason; filters then dedupe, bound lengths and keep only records
+whose generated query ranks the positive in the teacher embedder's top-k (the consistency filter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from embedpipe.data.config import GeneratorConfig, SDGConfig
+from embedpipe.data.decontaminate import normalise
+from embedpipe.data.schema import Record, read_jsonl, write_records
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+TWO_STEP = {"retrieval_triplet": "brainstorm_retrieval", "classification": "brainstorm_classification"}
+TASK_TYPE_OF = {"query_generation": "retrieval", "retrieval_triplet": "retrieval", "classification": "classification",
+                "sts": "sts", "bitext": "bitext"}
+LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+             "nl": "Dutch", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "ru": "Russian", "ar": "Arabic",
+             "hi": "Hindi", "bn": "Bengali", "fa": "Persian", "fi": "Finnish", "id": "Indonesian", "sw": "Swahili",
+             "te": "Telugu", "th": "Thai", "yo": "Yoruba", "tr": "Turkish", "pl": "Polish", "vi": "Vietnamese"}
+TOPICS = ["science", "health", "programming", "history", "finance", "law", "travel", "sports", "cooking",
+          "education", "technology", "music", "environment", "politics", "shopping", "mathematics"]
+
+
+def language_name(code: str) -> str:
+    return LANGUAGES.get(code.lower(), code)
+
+
+_env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined, keep_trailing_newline=False,
+                   autoescape=False)
+
+
+def render(template: str, **params: Any) -> str:
+    """Render ``templates/<template>.j2`` (missing parameters are errors, not blanks)."""
+    return _env.get_template(f"{template}.j2").render(**params).strip()
+
+
+# --------------------------------------------------------------------------------------------------------- parsing
+
+
+class Rejected(ValueError):
+    """A generation that cannot become a record; ``reason`` is the counter key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def extract_json(text: str, kind: type = dict) -> Any:
+    """The first JSON value of type ``kind`` in a model's output (code fences and chatter around it are tolerated)."""
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    opener = "{" if kind is dict else "["
+    for candidate in candidates:
+        for match in re.finditer(re.escape(opener), candidate):
+            try:
+                value, _ = decoder.raw_decode(candidate[match.start():])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, kind):
+                return value
+    raise Rejected("malformed_json", text[:80])
+
+
+def _field(obj: dict, *names: str) -> str:
+    for name in names:
+        for key, value in obj.items():
+            if key.strip().lower() == name.lower() and isinstance(value, str) and value.strip():
+                return value.strip()
+    raise Rejected("missing_field", f"{names[0]} not in {list(obj)[:5]}")
+
+
+def parse_query(text: str) -> str:
+    """A generated query: a JSON ``{"query": ...}`` or the first meaningful line, prefixes and quotes stripped."""
+    try:
+        return _field(extract_json(text), "query", "question", "user_query")
+    except Rejected:
+        pass
+    for line in text.strip().splitlines():
+        line = re.sub(r"^\s*(?:[-*\d.)\s]+)?(?:\*\*)?(?:query|question|q)\s*[:：]\s*(?:\*\*)?", "", line, flags=re.I)
+        line = line.strip().strip('"“”\'`*').strip()
+        if line:
+            if len(re.findall(r"\w+", line)) < 3:
+                raise Rejected("too_short", line)
+            return line
+    raise Rejected("empty_output")
+
+
+def parse_task_list(text: str) -> list[str]:
+    """Brainstormed tasks: a JSON list of strings, or a bulleted/numbered list."""
+    try:
+        items = [str(x).strip() for x in extract_json(text, list) if isinstance(x, (str, int, float)) and str(x).strip()]
+    except Rejected:
+        items = [re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip().strip('"')
+                 for line in text.splitlines() if re.match(r"^\s*(?:[-*•]|\d+[.)])\s+\S", line)]
+    items = [i for i in items if len(i.split()) >= 3]
+    if not items:
+        raise Rejected("malformed_task_list", text[:80])
+    return items
+
+
+def parse_output(task: str, text: str) -> dict[str, Any]:
+    """Model output -> the fields of one example of ``task`` (raises :class:`Rejected`)."""
+    if not text or not text.strip():
+        raise Rejected("empty_output")
+    if task == "query_generation":
+        return {"query": parse_query(text)}
+    obj = extract_json(text)
+    if task == "retrieval_triplet":
+        return {"query": _field(obj, "user_query", "query"), "positive": _field(obj, "positive_document", "positive"),
+                "negative": _field(obj, "hard_negative_document", "negative")}
+    if task == "classification":
+        out = {"query": _field(obj, "input_text", "text"), "positive": _field(obj, "label"),
+               "negative": _field(obj, "misleading_label")}
+        if normalise(out["positive"]) == normalise(out["negative"]):
+            raise Rejected("inconsistent", "label equals misleading label")
+        return out
+    if task == "sts":
+        return {"query": _field(obj, "S1"), "positive": _field(obj, "S2"), "negative": _field(obj, "S3")}
+    if task == "bitext":
+        return {"query": _field(obj, "S1"), "positive": _field(obj, "S2")}
+    raise ValueError(f"unknown SDG task {task!r}")
+
+
+# -------------------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Item:
+    """One example to generate."""
+
+    id: str
+    task: str
+    language: str
+    params: dict[str, Any]
+    doc_id: str | None = None
+    document: str | None = None
+
+
+@dataclass
+class Shard:
+    task: str
+    index: int
+    generator: str
+    items: list[Item]
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.index:05d}"
+
+    def seed(self, base: int) -> int:
+        return int(hashlib.sha1(f"{base}:{self.name}".encode()).hexdigest(), 16) % (2**31)
+
+
+def assign_generators(n_shards: int, generators: list[GeneratorConfig], rng: random.Random) -> list[str]:
+    """Shard -> generator name, in proportion to the shares (largest remainder), in a seeded order."""
+    total = sum(g.share for g in generators)
+    exact = [n_shards * g.share / total for g in generators]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(generators)), key=lambda i: exact[i] - counts[i], reverse=True)[: n_shards - sum(counts)]:
+        counts[i] += 1
+    names = [g.name for g, c in zip(generators, counts) for _ in range(c)]
+    rng.shuffle(names)
+    return names
+
+
+def plan(config: SDGConfig, corpus: list[tuple[str, str]]) -> list[Shard]:
+    """Every item of every task, grouped into shards with their generator; a pure function of the config + corpus."""
+    if not config.generators:
+        raise ValueError("sdg.generators is empty: name at least one generator")
+    shards: list[Shard] = []
+    for task in config.tasks:
+        rng = random.Random(f"{config.seed}:{task}")
+        if task == "query_generation" and not corpus:
+            raise ValueError("query_generation needs a seed corpus with at least one document")
+        docs = rng.sample(corpus, len(corpus)) if task == "query_generation" else []
+        items: list[Item] = []
+        for i in range(config.records_per_task):
+            lang = config.languages[i % len(config.languages)]
+            params: dict[str, Any] = {"language": lang, "language_name": language_name(lang)}
+            item = Item(id=f"{task}-{i:06d}", task=task, language=lang, params=params)
+            if task == "query_generation":
+                item.doc_id, item.document = docs[i % len(docs)]
+                params["document"] = item.document
+            elif task == "retrieval_triplet":
+                params.update(topic=rng.choice(TOPICS), n_tasks=config.brainstorm_tasks,
+                              query_type=rng.choice(["extremely long-tail", "long-tail", "common"]),
+                              query_length=rng.choice(["less than 5 words", "5 to 15 words", "at least 10 words"]),
+                              clarity=rng.choice(["clear", "understandable with some effort", "ambiguous"]),
+                              num_words=rng.choice([50, 100, 200]))
+            elif task == "classification":
+                params.update(topic=rng.choice(TOPICS), n_tasks=config.brainstorm_tasks,
+                              num_words=rng.choice(["less than 10", "at least 10", "at least 50"]))
+            elif task == "sts":
+                params.update(unit=rng.choice(["sentence", "short paragraph"]), high_score=rng.choice([4, 4.5, 5]),
+                              low_score=rng.choice([1.5, 2, 2.5]), difficulty=rng.choice(["elementary school", "high school", "college"]))
+            elif task == "bitext":
+                source = "en" if lang != "en" else next((l for l in config.languages if l != "en"), "fr")
+                params.update(unit=rng.choice(["sentence", "short phrase"]), topic=rng.choice(TOPICS),
+                              source_language=source, source_language_name=language_name(source),
+                              difficulty=rng.choice(["elementary school", "high school", "college"]))
+            items.append(item)
+        chunks = [items[i:i + config.shard_size] for i in range(0, len(items), config.shard_size)]
+        owners = assign_generators(len(chunks), config.generators, rng)
+        shards += [Shard(task, k, owner, chunk) for k, (chunk, owner) in enumerate(zip(chunks, owners))]
+    return shards
+
+
+# ------------------------------------------------------------------------------------------------------ generation
+
+
+def _check_length(values: list[str], config: SDGConfig) -> None:
+    for value in values:
+        if len(value) < config.min_chars:
+            raise Rejected("too_short", value)
+        if len(value) > config.max_chars:
+            raise Rejected("too_long", value[:40])
+
+
+def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, source_name: str,
+              instruction: str | None) -> dict:
+    """Generate, parse and length-check one shard; returns {"records", "stats", "rejected_examples"}."""
+    stats: Counter = Counter()
+    examples: list[str] = []
+    seed = shard.seed(config.seed)
+    first = generators[shard.generator]
+    second = generators[config.second_step_generator] if config.second_step_generator else first
+    generator_label = first.name if second is first else f"{first.name}>{second.name}"
+    items = shard.items
+    instructions: dict[str, str] = {}
+    if shard.task in TWO_STEP:  # step one: brainstorm tasks; each item then draws one of its list
+        prompts = [render(TWO_STEP[shard.task], **it.params) for it in items]
+        kept = []
+        for it, text in zip(items, first.generate(prompts, seed)):
+            try:
+                tasks = parse_task_list(text)
+            except Rejected as err:
+                stats[f"step1_{err.reason}"] += 1
+                if len(examples) < 5:
+                    examples.append(f"{it.id}: {err}")
+                continue
+            pick = int(hashlib.sha1(f"{seed}:{it.id}".encode()).hexdigest(), 16) % len(tasks)
+            instructions[it.id] = tasks[pick]
+            kept.append(it)
+        items = kept
+        prompts = [render(shard.task, task=instructions[it.id], **it.params) for it in items]
+        outputs = second.generate(prompts, seed + 1) if items else []
+    else:
+        prompts = [render(shard.task, **it.params) for it in items]
+        outputs = first.generate(prompts, seed)
+        generator_label = first.name
+    records: list[dict] = []
+    for it, text in zip(items, outputs):
+        stats["generated"] += 1
+        try:
+            fields = parse_output(shard.task, text)
+            _check_length([v for v in fields.values() if isinstance(v, str)], config)
+        except Rejected as err:
+            stats[err.reason] += 1
+            if len(examples) < 5:
+                examples.append(f"{it.id}: {err}")
+            continue
+        kind = TASK_TYPE_OF[shard.task]
+        if shard.task == "query_generation":
+            positives, negatives, pos_ids = [it.document], [], [it.doc_id]
+        else:
+            positives, negatives, pos_ids = [fields["positive"]], [fields["negative"]] if "negative" in fields else [], None
+        record = Record(id=f"{source_name}-{it.id}", task_type=kind,
+                        instruction=instructions.get(it.id) if shard.task in TWO_STEP else (
+                            instruction if shard.task == "query_generation" else None),
+                        query=fields["query"], positives=positives, negatives=negatives, positive_ids=pos_ids,
+                        language=it.language, source=source_name, generator=generator_label)
+        if record.instruction is None:
+            from embedpipe.encoder.instructions import default_instruction
+
+            record = record.model_copy(update={"instruction": default_instruction(kind)})
+        records.append(record.to_json())
+        stats["parsed"] += 1
+    return {"shard": shard.name, "generator": generator_label, "records": records, "stats": dict(stats),
+            "rejected_examples": examples}
+
+
+# --------------------------------------------------------------------------------------------------------- filters
+
+
+def dedupe(records: list[Record]) -> tuple[list[Record], int]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in records:
+        key = (normalise(r.query), normalise(r.positives[0]))
+        if key in seen or key[0] == key[1]:
+            continue
+        seen.add(key)
+        out.append(r)
+    return out, len(records) - len(out)
+
+
+def consistency_filter(records: list[Record], corpus: list[tuple[str, str]], teacher: str, top_k: int,
+                       batch_size: int = 64) -> tuple[list[Record], dict]:
+    """Keep retrieval records whose query ranks their positive in the teacher's top-k over corpus + generated docs."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from embedpipe.assets import resolve_model
+
+    retrieval = [i for i, r in enumerate(records) if r.task_type == "retrieval"]
+    if not retrieval:
+        return records, {"checked": 0, "failed": 0}
+    pool: dict[str, int] = {}
+    texts: list[str] = []
+    for _, text in corpus:
+        if text not in pool:
+            pool[text] = len(texts)
+            texts.append(text)
+    for i in retrieval:
+        for text in records[i].positives[:1] + records[i].negatives:
+            if text not in pool:
+                pool[text] = len(texts)
+                texts.append(text)
+    model = SentenceTransformer(resolve_model(teacher), device="cpu")
+    docs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    queries = model.encode([records[i].query for i in retrieval], batch_size=batch_size, normalize_embeddings=True,
+                           convert_to_numpy=True)
+    failed: set[int] = set()
+    for start in range(0, len(retrieval), 256):
+        block = retrieval[start:start + 256]
+        scores = queries[start:start + 256] @ docs.T
+        pos = np.array([pool[records[i].positives[0]] for i in block])
+        pos_scores = scores[np.arange(len(block)), pos]
+        ranks = (scores > pos_scores[:, None]).sum(axis=1)
+        failed |= {i for i, rank in zip(block, ranks) if rank >= top_k}
+    kept = [r for i, r in enumerate(records) if i not in failed]
+    return kept, {"checked": len(retrieval), "failed": len(failed), "pool": len(texts)}
+
+
+# ------------------------------------------------------------------------------------------------------- top level
+
+
+def load_seed_corpus(config: SDGConfig, corpus_path: str | Path | None) -> list[tuple[str, str]]:
+    """(id, text) documents: the build's corpus.jsonl, or Python's docs when no file is given and seed_corpus=pydoc."""
+    if corpus_path:
+        from embedpipe import storage
+
+        local = storage.local_copy(str(corpus_path)) if storage.is_remote(str(corpus_path)) else Path(corpus_path)
+        return [(str(r["id"]), str(r["text"])) for r in read_jsonl(local) if str(r.get("text") or "").strip()]
+    if config.seed_corpus != "pydoc":
+        raise ValueError(f"sdg.seed_corpus={config.seed_corpus!r} needs a corpus_path")
+    from embedpipe.data.config import SourceConfig
+    from embedpipe.data.pydoc_source import load_pydoc
+
+    return list(load_pydoc(SourceConfig(name="pydoc", kind="pydoc")).training.documents.items())
+
+
+def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Path,
+                       generators: dict[str, Any] | None = None, max_shards: int | None = None) -> dict:
+    """Run (or resume) SDG for the recipe; writes ``out_dir/synthetic.jsonl`` and ``out_dir/sdg_manifest.json``.
+
+    ``generators`` maps generator names to ready backends (tests, or a caller that shares them); by default they are
+    built from ``recipe.sdg.generators``. ``max_shards`` stops after that many new shards (a partial, resumable run).
+    """
+    from embedpipe import storage
+
+    config: SDGConfig = recipe.sdg
+    remote = storage.is_remote(str(out_dir))
+    if remote:  # work in a stable local folder per URI, so a restarted run on this machine resumes its shards
+        import tempfile
+
+        out = Path(tempfile.gettempdir()) / "embedpipe-sdg" / hashlib.sha256(str(out_dir).encode()).hexdigest()[:16]
+    else:
+        out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    synthetic = next((s for s in recipe.data.sources if s.kind == "synthetic"), None)
+    source_name = synthetic.name if synthetic else "synthetic"
+    instruction = (synthetic.instruction if synthetic and synthetic.instruction else None) or next(
+        (s.instruction for s in recipe.data.sources if s.kind != "synthetic" and s.instruction), None)
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "enabled": config.enabled}
+    if not config.enabled:
+        write_records([], out / "synthetic.jsonl")
+        return {**summary, "records": 0}
+
+    corpus = load_seed_corpus(config, corpus_path)
+    shards = plan(config, corpus)
+    names = {g.name for g in config.generators}
+    if config.second_step_generator and config.second_step_generator not in names:
+        raise ValueError(f"sdg.second_step_generator {config.second_step_generator!r} is not one of: {', '.join(sorted(names))}")
+    if generators is None:
+        from embedpipe.data.generators import make_generator
+
+        generators = {g.name: make_generator(g) for g in config.generators}
+    done, skipped, new = [], 0, 0
+    gen_seconds = 0.0
+    for shard in shards:
+        path = shard_dir / f"{shard.name}.json"
+        if path.exists():
+            skipped += 1
+            done.append(json.loads(path.read_text()))
+            continue
+        if max_shards is not None and new >= max_shards:
+            break
+        t0 = time.perf_counter()
+        result = run_shard(shard, generators, config, source_name, instruction)
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        gen_seconds += result["seconds"]
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(result, ensure_ascii=False))
+        os.replace(partial, path)
+        done.append(result)
+        new += 1
+        log.info("sdg shard %s (%s): %d records, %s", shard.name, result["generator"], len(result["records"]),
+                 result["stats"])
+    complete = len(done) == len(shards)
+    parse_stats: Counter = Counter()
+    for result in done:
+        parse_stats.update(result["stats"])
+    records = [Record.model_validate(r) for result in done for r in result["records"]]
+    records, duplicates = dedupe(records)
+    consistency = {"checked": 0, "failed": 0}
+    if config.consistency_top_k and records:
+        records, consistency = consistency_filter(records, corpus, config.teacher, config.consistency_top_k)
+    summary.update({
+        "complete": complete, "shards": len(shards), "shards_done": len(done), "shards_skipped": skipped,
+        "shards_generated": new, "parsed": parse_stats.get("parsed", 0), "generated": parse_stats.get("generated", 0),
+        "rejected": {k: v for k, v in parse_stats.items() if k not in ("parsed", "generated")},
+        "duplicates": duplicates, "consistency": consistency, "records": len(records),
+        "by_generator": dict(Counter(r.generator for r in records)), "by_task": dict(Counter(r.task_type for r in records)),
+        "by_language": dict(Counter(r.language for r in records)),
+        "generation_seconds": round(gen_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+    })
+    if complete:
+        write_records(records, out / "synthetic.jsonl")
+    (out / "sdg_manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if remote:
+        storage.upload(str(out), str(out_dir))
+    _log_mlflow(summary)
+    return summary
+
+
+def _log_mlflow(summary: dict) -> None:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover
+        return
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_metrics({"sdg.records": summary["records"], "sdg.parsed": summary["parsed"],
+                        "sdg.generated": summary["generated"], "sdg.consistency_failed": summary["consistency"]["failed"],
+                        "sdg.duplicates": summary["duplicates"], "sdg.seconds": summary["seconds"]})

@@ -80,8 +80,8 @@ class Searcher:
         if self.index is not None:
             if self.kind == "hnsw":
                 self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, k)
-            scores, ids = self.index.search(queries, k)
-            return scores, ids.astype(np.int64)
+            _, ids = self.index.search(queries, k)
+            return self._rescore(queries, ids.astype(np.int64))
         heap = faiss.ResultHeap(len(queries), k, keep_max=True)
         for i, (start, stop) in enumerate(self.cache.bounds):
             block = np.ascontiguousarray(self.cache.chunk(i), dtype=np.float32)
@@ -93,3 +93,14 @@ class Searcher:
             heap.add_result(scores, np.where(ids >= 0, ids + start, -1))
         heap.finalize()
         return heap.D, heap.I
+
+    def _rescore(self, queries: np.ndarray, ids: np.ndarray, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores (from the cached vectors, as the exact search computes them) for ANN candidates, re-sorted."""
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        for lo in range(0, len(ids), block):
+            sub = ids[lo : lo + block]
+            vectors = self.cache.rows(np.maximum(sub, 0).ravel()).reshape(*sub.shape, -1)
+            sims = np.einsum("qkd,qd->qk", vectors, queries[lo : lo + block])
+            scores[lo : lo + block] = np.where(sub >= 0, sims, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)

@@ -29,7 +29,7 @@ OPPORTUNISTIC = {"boto3", "botocore", "jmespath", "s3transfer", "python-dateutil
                  "orjson", "charset-normalizer", "protobuf", "python-multipart", "sniffio", "google-api-core",
                  "google-auth", "google-cloud-core", "google-cloud-storage", "google-resumable-media",
                  "googleapis-common-protos", "opentelemetry-proto", "opentelemetry-sdk",
-                 "opentelemetry-semantic-conventions"}
+                 "opentelemetry-semantic-conventions", "watchfiles"}
 
 
 def parsed(role: str) -> DockerfileParser:

@@ -170,3 +170,19 @@ def test_bad_inputs(tiny_encoder, tmp_path):
         merge_checkpoints([tiny_encoder, tiny_encoder], tiny_encoder)
     with pytest.raises(MergeError, match="no checkpoints"):
         merge_checkpoints([], tmp_path / "out")
+
+
+def test_merge_command(pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from embedpipe.cli import app
+
+    a, b = pair
+    result = CliRunner().invoke(app, ["merge", str(a), str(b), "--out", str(tmp_path / "m"), "-w", "1", "-w", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["method"] == "weighted"
+    wa, wb, merged = load_weights(a), load_weights(b), load_weights(tmp_path / "m")
+    expected = (0.25 * wa["norm.weight"].double() + 0.75 * wb["norm.weight"].double()).float()
+    assert torch.equal(merged["norm.weight"], expected)
+    bad = CliRunner().invoke(app, ["merge", str(a), str(tmp_path), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "not an embedpipe encoder export" in str(bad.exception)

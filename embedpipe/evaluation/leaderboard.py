@@ -168,9 +168,10 @@ class Leaderboard:
         ax.set_yticks(range(len(labels)), labels=labels)
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                text = "-" if np.isnan(values[i, j]) else f"{values[i, j]:.1f}"
-                ax.text(j, i, text, ha="center", va="center", color="white" if masked[i, j] is np.ma.masked
-                        or values[i, j] < np.nanmean(values) else "black", fontsize=9)
+                missing = np.isnan(values[i, j])
+                dark = not missing and values[i, j] < np.nanmean(values)
+                ax.text(j, i, "-" if missing else f"{values[i, j]:.1f}", ha="center", va="center",
+                        color="white" if dark else "black", fontsize=9)
         ax.set_title("Scores by task type (x100), models by Borda rank")
         fig.colorbar(image, ax=ax, fraction=0.03)
         fig.tight_layout()

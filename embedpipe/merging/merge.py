@@ -149,11 +149,12 @@ def merge_checkpoints(
     out_dir: str | Path,
     weights: Sequence[float] | None = None,
     shard_size: str | int = "5GB",
+    track: bool = True,
 ) -> dict:
     """Average N encoder exports (uniform, or weighted) into ``out_dir``, a loadable encoder export.
 
     Returns (and writes to ``out_dir/merge_provenance.json``) the inputs' content hashes and weights; logs them to the
-    active MLflow run if there is one.
+    active MLflow run if there is one (``track=False``: never, e.g. for greedy-soup trials).
     """
     dirs = [Path(d) for d in model_dirs]
     if not dirs:
@@ -250,7 +251,8 @@ def merge_checkpoints(
     meta["merged_from"] = [{"sha256": h, "weight": float(w)} for h, w in zip(input_hashes, norm)]
     (out / EXPORT_MARKER).write_text(json.dumps(meta, indent=2, default=str))
     log.info("merged %d checkpoints into %s (%d tensors, %d shard(s))", len(dirs), out, len(specs), len(shard_files))
-    _log_to_mlflow(provenance, out)
+    if track:
+        _log_to_mlflow(provenance, out)
     return {"out_dir": str(out), **provenance}
 
 

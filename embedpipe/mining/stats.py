@@ -124,9 +124,10 @@ def print_summary(summary: dict, console=None) -> None:
 
 def log_to_mlflow(summary: dict) -> bool:
     """Metrics and the summary JSON to the active MLflow run; nothing when no run is active."""
-    import mlflow
+    import sys
 
-    if mlflow.active_run() is None:
+    mlflow = sys.modules.get("mlflow")  # never imported -> no run can be active (and importing it costs seconds)
+    if mlflow is None or mlflow.active_run() is None:
         return False
     metrics = {f"mining.{k}": float(summary[k]) for k in
                ("records_in", "records_out", "skipped_missing_positive", "embedded_missing_positive",

@@ -1,0 +1,197 @@
+"""Benchmark: embedpipe's miner vs sentence-transformers' ``mine_hard_negatives`` (same teacher, corpus, k, margin).
+
+    python benchmarks/bench_mining.py compare [--docs N] [--max-length 128]   # SciFact (../shared) if present
+    python benchmarks/bench_mining.py scale --docs 100000 25000               # memory scaling of our miner alone
+
+Each measured run is its own subprocess, so peak memory (ru_maxrss) is that run's alone. ``compare`` reports the wall
+time ratio, the peak memory of each, and how many queries got the identical negatives (ours with an fp32 cache, so
+both search exactly over the same vectors; duplicate texts compare as texts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+K = 4
+
+
+def scifact(folder: Path, max_docs: int | None):
+    """(corpus rows, records) from a BEIR folder: train queries whose positives are in the (possibly cut) corpus."""
+    docs = [json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    docs = docs[:max_docs] if max_docs else docs
+    corpus = {str(d["_id"]): (d.get("title", "") + " " + d["text"]).strip() for d in docs}
+    queries = {str(q["_id"]): q["text"] for q in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
+    qrels: dict[str, list[str]] = {}
+    for line in (folder / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        qid, did, score = line.split("\t")
+        if int(score) > 0 and did in corpus:
+            qrels.setdefault(qid, []).append(did)
+    records = [{"id": q, "query": queries[q], "positives": [corpus[d] for d in ds], "positive_ids": ds}
+               for q, ds in qrels.items() if q in queries]
+    return [{"id": k, "text": v} for k, v in corpus.items()], records
+
+
+def sentences(folder: Path, n: int):
+    """n short real documents: SciFact sentences (then pydoc sentences) cut to <= 25 words, made unique."""
+    out, seen = [], set()
+    sources = []
+    if (folder / "corpus.jsonl").exists():
+        sources += [json.loads(line)["text"] for line in (folder / "corpus.jsonl").read_text().splitlines()]
+    from pydoc_data.topics import topics
+
+    sources += list(topics.values())
+    round_ = 0
+    while len(out) < n:
+        for text in sources:
+            for sent in re.split(r"(?<=[.!?])\s+", text):
+                words = sent.split()[round_ : round_ + 25]
+                if len(words) < 6:
+                    continue
+                s = " ".join(words)
+                if s not in seen:
+                    seen.add(s)
+                    out.append(s)
+                    if len(out) >= n:
+                        return out
+        round_ += 3  # another window over the same sentences
+    return out
+
+
+def run_child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"child {args} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_ours(work: Path, max_length: int, dtype: str, chunk: int, cache: str, teacher: str = "all-minilm-l6-v2") -> dict:
+    from embedpipe.mining.config import MiningConfig, TeacherConfig
+    from embedpipe.mining.mine import mine_hard_negatives
+
+    cfg = MiningConfig(teachers=[TeacherConfig(model=teacher, max_length=max_length)], top_k=K,
+                       candidates=10 * K, margin=0.95, cache_dtype=dtype, chunk_size=chunk, batch_size=64)
+    t0 = time.perf_counter()
+    stats = mine_hard_negatives(work / "records.jsonl", work / "corpus.jsonl", cfg, work / f"ours-{dtype}.jsonl",
+                                cache_dir=cache, show=False)
+    wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 2), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "seconds": stats["seconds"], "fewer_than_k": stats["fewer_than_k"], "records_out": stats["records_out"]}
+
+
+def child_st(work: Path, max_length: int) -> dict:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    from embedpipe.assets import minilm_path
+
+    records = [json.loads(line) for line in (work / "records.jsonl").read_text().splitlines()]
+    corpus = [json.loads(line)["text"] for line in (work / "corpus.jsonl").read_text().splitlines()]
+    t0 = time.perf_counter()
+    model = SentenceTransformer(str(minilm_path()), device="cpu")
+    model.max_seq_length = max_length
+    pairs = Dataset.from_dict({"query": [r["query"] for r in records for _ in r["positives"]],
+                               "positive": [p for r in records for p in r["positives"]]})
+    mined = mine_hard_negatives(pairs, model, corpus=corpus, relative_margin=0.05, num_negatives=K, use_faiss=True,
+                                sampling_strategy="top", batch_size=64, output_format="n-tuple", output_scores=True,
+                                verbose=False)
+    wall = time.perf_counter() - t0
+    negatives = {}
+    for row in mined:
+        negatives[row["query"]] = [row[f"negative_{i}"] for i in range(1, K + 1)]
+    (work / "st.json").write_text(json.dumps(negatives))
+    return {"wall_s": round(wall, 2), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rows": len(mined)}
+
+
+def compare(args) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-mining-"))
+    corpus, records = scifact(SCIFACT, args.docs)
+    (work / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (work / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"SciFact: {len(corpus)} documents, {len(records)} queries, k={K}, relative margin 0.05 (perc 0.95), "
+          f"MiniLM max_length={args.max_length}, both cold (no embedding cache)")
+    st = run_child(["_st", str(work), str(args.max_length)])
+    ours = run_child(["_ours", str(work), str(args.max_length), "fp32", "16384", str(work / "cache")])
+    warm = run_child(["_ours", str(work), str(args.max_length), "fp32", "16384", str(work / "cache")])
+    st_neg = json.loads((work / "st.json").read_text())
+    ours_neg = {r["query"]: r["negatives"] for r in map(json.loads, (work / "ours-fp32.jsonl").read_text().splitlines())}
+    full = [q for q, negs in ours_neg.items() if len(negs) == K and q in st_neg]
+    same = sum(ours_neg[q] == st_neg[q] for q in full)
+    print(f"{'':28}{'sentence-transformers':>24}{'embedpipe':>12}{'ratio':>8}")
+    print(f"{'wall time, cold (s)':28}{st['wall_s']:>24.1f}{ours['wall_s']:>12.1f}{st['wall_s'] / ours['wall_s']:>7.2f}x")
+    print(f"{'wall time, embedpipe warm':28}{'':>24}{warm['wall_s']:>12.1f}{st['wall_s'] / warm['wall_s']:>7.2f}x")
+    print(f"{'peak RSS (MB)':28}{st['peak_rss_mb']:>24.0f}{ours['peak_rss_mb']:>12.0f}"
+          f"{ours['peak_rss_mb'] / st['peak_rss_mb']:>7.2f}x")
+    print(f"identical negatives: {same}/{len(full)} queries with k negatives in both "
+          f"(ST rows {st['rows']}, embedpipe fewer-than-k {ours['fewer_than_k']})")
+    print(f"embedpipe time split (cold): {ours['seconds']}")
+
+
+def scale(args) -> None:
+    rows = []
+    teacher = "all-minilm-l6-v2"
+    if args.teacher == "tiny":  # a tiny random bidirectional Llama: the miner's memory, not the teacher's speed
+        from embedpipe.encoder.convert import convert_checkpoint, random_tiny_llama
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench-mining-teacher-"))
+        teacher = str(convert_checkpoint(random_tiny_llama(tmp / "llama"), tmp / "encoder", max_length=32))
+    for n in args.docs_list:
+        work = Path(tempfile.mkdtemp(prefix="bench-mining-scale-"))
+        docs = sentences(SCIFACT, n)
+        (work / "corpus.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
+                                                   for i, t in enumerate(docs)))
+        step = max(1, n // args.queries)
+        recs = [{"id": f"q{i}", "query": " ".join(docs[i].split()[:8]), "positives": [docs[i]],
+                 "positive_ids": [f"d{i}"]} for i in range(0, n, step)][: args.queries]
+        (work / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        res = run_child(["_ours", str(work), "32", "fp16", str(args.chunk), str(work / "cache"), teacher])
+        rows.append((n, res))
+        print(f"{n:>9,} docs ({args.teacher} teacher)  {len(recs):,} queries  wall {res['wall_s']:.0f}s  peak RSS {res['peak_rss_mb']:.0f} MB  "
+              f"{res['seconds']}", flush=True)
+    if len(rows) >= 2:
+        (n1, a), (n2, b) = rows[0], rows[-1]
+        slope = (a["peak_rss_mb"] - b["peak_rss_mb"]) / (n1 - n2)  # MB per document
+        base = a["peak_rss_mb"] - slope * n1
+        fits = (24 * 1024 - base) / slope if slope > 0 else float("inf")
+        print(f"memory: {base:.0f} MB + {slope * 1e6:.1f} MB per million documents -> "
+              f"~{fits / 1e6:,.0f}M documents fit 24 GB (chunk_size {args.chunk}, fp16 cache on disk)")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("_st", "_ours"):
+        work, max_length = Path(sys.argv[2]), int(sys.argv[3])
+        result = child_st(work, max_length) if sys.argv[1] == "_st" else child_ours(
+            work, max_length, sys.argv[4], int(sys.argv[5]), sys.argv[6], *sys.argv[7:])
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("--docs", type=int, default=None)
+    c.add_argument("--max-length", type=int, default=128)
+    s = sub.add_parser("scale")
+    s.add_argument("--docs", dest="docs_list", type=int, nargs="+", default=[100_000, 25_000])
+    s.add_argument("--queries", type=int, default=2000)
+    s.add_argument("--chunk", type=int, default=16384)
+    s.add_argument("--teacher", choices=["minilm", "tiny"], default="minilm")
+    args = parser.parse_args()
+    if args.mode == "compare" and not (SCIFACT / "corpus.jsonl").exists():
+        raise SystemExit(f"{SCIFACT} is absent")
+    compare(args) if args.mode == "compare" else scale(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,8 @@ def recipe_from_json(recipe_json: str, overrides_json: str = "") -> Recipe:
     """The recipe a component was given, with an ablation cell's ``section.key`` overrides applied."""
     tree = json.loads(recipe_json)
     overrides = json.loads(overrides_json) if overrides_json else {}
+    if "overrides" in overrides and "name" in overrides:  # an ablation cell
+        overrides = overrides["overrides"]
     for key, value in overrides.items():
         _set_override(tree, key, value)
     try:

@@ -1,0 +1,1 @@
+"""KFP component: data (see README.md)."""

@@ -1,0 +1,25 @@
+"""MTEB evaluation of a model on the recipe's tasks and the held-out tasks of the data step (embedpipe.evaluation)."""
+
+from kfp import dsl
+
+from embedpipe.orchestration.images import image
+
+
+@dsl.component(base_image=image("eval"), install_kfp_package=False)
+def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset],
+             results: dsl.Output[dsl.Artifact], scores: dsl.Output[dsl.Metrics], model_name: str = "",
+             overrides_json: str = "") -> str:
+    import json
+    import os
+
+    from embedpipe.orchestration import steps
+    from embedpipe.tracking import numeric_metrics
+
+    recipe = steps.recipe_from_json(recipe_json, overrides_json)
+    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None)
+    os.makedirs(results.path, exist_ok=True)
+    with open(os.path.join(results.path, "scores.json"), "w") as handle:
+        json.dump(summary, handle, indent=2, default=str)
+    for key, value in numeric_metrics({k: summary.get(k) for k in ("mean_task", "mean_task_type", "borda")}).items():
+        scores.log_metric(key, value)  # shown by the KFP UI
+    return json.dumps(summary, default=str)

@@ -1,0 +1,1 @@
+"""KFP component: merge (see README.md)."""

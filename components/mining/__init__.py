@@ -1,0 +1,1 @@
+"""KFP component: mining (see README.md)."""

@@ -1,0 +1,16 @@
+"""Hard-negative mining of public + synthetic records against the corpus (embedpipe.mining)."""
+
+from kfp import dsl
+
+from embedpipe.orchestration.images import image
+
+
+@dsl.component(base_image=image("train"), install_kfp_package=False)
+def mine(recipe_json: str, data: dsl.Input[dsl.Dataset], synthetic: dsl.Input[dsl.Dataset],
+         records: dsl.Output[dsl.Dataset], overrides_json: str = "") -> str:
+    import json
+
+    from embedpipe.orchestration import steps
+
+    recipe = steps.recipe_from_json(recipe_json, overrides_json)
+    return json.dumps(steps.mine(recipe, data.path, synthetic.path, records.path), default=str)

@@ -1,0 +1,1 @@
+"""KFP component: plan (see README.md)."""

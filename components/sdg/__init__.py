@@ -1,0 +1,1 @@
+"""KFP component: sdg (see README.md)."""

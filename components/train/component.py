@@ -1,0 +1,44 @@
+"""Training in the step's own pod (one node): stage 1 from the base model, stage 2 from stage 1, and a merge set
+(several stage-2 variants trained in turn, then merged) for ablation cells. embedpipe.training.run.train_stage."""
+
+from kfp import dsl
+
+from embedpipe.orchestration.images import image
+
+
+@dsl.component(base_image=image("train"), install_kfp_package=False)
+def train_stage1(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model],
+                 overrides_json: str = "") -> str:
+    import json
+    import tempfile
+
+    from embedpipe.orchestration import steps
+
+    recipe = steps.recipe_from_json(recipe_json, overrides_json)
+    init = steps.base_model_source(recipe, tempfile.mkdtemp(prefix="embedpipe-base-"))
+    return json.dumps(steps.train(recipe, "stage1", records.path, init, model.path), default=str)
+
+
+@dsl.component(base_image=image("train"), install_kfp_package=False)
+def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: dsl.Input[dsl.Model],
+                 variant_json: str, model: dsl.Output[dsl.Model], overrides_json: str = "") -> str:
+    import json
+
+    from embedpipe.orchestration import steps
+
+    recipe = steps.recipe_from_json(recipe_json, overrides_json)
+    variant = json.loads(variant_json)
+    summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant)
+    return json.dumps({"variant": variant, **summary}, default=str)
+
+
+@dsl.component(base_image=image("train"), install_kfp_package=False)
+def train_merge_set(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: dsl.Input[dsl.Model],
+                    cell_json: str, merged: dsl.Output[dsl.Model]) -> str:
+    """An ablation cell's stage-2 variants (its merge set), trained from its stage-1 model, then merged."""
+    import json
+
+    from embedpipe.orchestration import ablation
+
+    return json.dumps(ablation.train_and_merge(json.loads(cell_json), recipe_json, records.path, init_model.path,
+                                               merged.path), default=str)

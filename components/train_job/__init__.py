@@ -1,0 +1,1 @@
+"""KFP component: train_job (see README.md)."""

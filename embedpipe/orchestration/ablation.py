@@ -1,0 +1,73 @@
+"""Ablation grids: every loss variant x SDG generator mix x merge set is one cell, trained and evaluated on the
+same data build, and logged as an MLflow child run under one parent."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from embedpipe.orchestration import steps
+from embedpipe.recipe import Recipe, RecipeError
+
+
+def _generator_override(recipe: Recipe, shares: dict[str, float]) -> list[dict]:
+    known = {g.name for g in recipe.sdg.generators}
+    unknown = sorted(set(shares) - known)
+    if unknown:
+        raise RecipeError(f"pipeline.ablation.generator_mixes: unknown generators {unknown}; the recipe has {sorted(known)}")
+    generators = [{**g.model_dump(mode="json"), "share": shares[g.name]} for g in recipe.sdg.generators
+                  if shares.get(g.name, 0) > 0]
+    if not generators:
+        raise RecipeError("pipeline.ablation.generator_mixes: a mix must give at least one generator a share > 0")
+    return generators
+
+
+def grid_cells(recipe: Recipe) -> list[dict]:
+    """The cells of ``pipeline.ablation``: ``{"name", "overrides": {section.key: value}, "merge_set": [...]}``."""
+    grid = recipe.pipeline.ablation
+    variant_names = [v["name"] for v in steps.stage2_variants(recipe)]
+    for merge_set in grid.merge_sets:
+        missing = sorted(set(merge_set) - set(variant_names))
+        if missing or not merge_set:
+            raise RecipeError(f"pipeline.ablation.merge_sets: {merge_set} names no or unknown stage-2 variants "
+                              f"{missing}; known: {variant_names}")
+    losses = grid.losses or [recipe.training.loss]
+    mixes = [(m.name, _generator_override(recipe, m.shares)) for m in grid.generator_mixes] or [("recipe", None)]
+    merge_sets = grid.merge_sets or [variant_names]
+    cells = []
+    for loss, (mix_name, generators), merge_set in itertools.product(losses, mixes, merge_sets):
+        overrides: dict = {"training.loss": loss}
+        if generators is not None:
+            overrides["sdg.generators"] = generators
+        name = f"loss={loss},sdg={mix_name},merge={'+'.join(merge_set)}"
+        cells.append({"name": name, "overrides": overrides, "merge_set": list(merge_set),
+                      "axes": {"loss": loss, "sdg_mix": mix_name, "merge_set": "+".join(merge_set)}})
+    steps.recipe_from_json(recipe.model_dump_json(), json.dumps(cells[0]["overrides"]))  # overrides validate
+    return cells
+
+
+def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: str, out_dir: str) -> dict:
+    """Train the cell's merge set of stage-2 variants from its stage-1 model, in turn, and merge them."""
+    recipe = steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
+    variants = {v["name"]: v for v in steps.stage2_variants(recipe)}
+    work = Path(tempfile.mkdtemp(prefix="embedpipe-cell-", dir=os.environ.get("EMBEDPIPE_WORK_DIR")))
+    try:
+        summaries, dirs = [], []
+        for name in cell["merge_set"]:
+            target = work / name
+            summaries.append({"variant": variants[name],
+                              **steps.train(recipe, "stage2", records_dir, init_model, target, variant=variants[name])})
+            dirs.append(str(target))
+        merged = steps.merge(recipe, dirs, out_dir) if len(dirs) > 1 else _copy_single(dirs[0], out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"cell": cell, "stage2": summaries, "merge": merged}
+
+
+def _copy_single(src: str, out_dir: str) -> dict:
+    shutil.copytree(src, out_dir, dirs_exist_ok=True)
+    return {"merged": 1, "note": "a merge set of one variant is that variant"}

@@ -1,0 +1,203 @@
+"""Multi-node training as a Kubeflow PyTorchJob: the manifest, creation with the kubernetes client, and a wait loop
+that succeeds with the job, fails the step when the job fails, and gives up (deleting the job) after a timeout.
+
+The launcher stages its inputs on S3 (with completion markers), every worker pod runs ``torchrun -m
+embedpipe.training.launch`` (the training operator sets the PET_* rendezvous variables), rank 0 writes the export
+to S3, and the launcher downloads it as its output artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+
+
+class TrainingJobFailed(RuntimeError):
+    """The training job ended in Failed; the message carries the operator's reason."""
+
+
+class TrainingJobTimeout(TimeoutError):
+    """The training job did not finish within the step's timeout (it was deleted)."""
+
+
+@dataclass
+class JobSpec:
+    name: str
+    namespace: str
+    image: str
+    launch_args: list[str]  # arguments of `python -m embedpipe.training.launch`
+    recipe_json: str
+    nodes: int
+    gpus_per_node: int
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    secret_envs: dict[str, dict[str, str]] = field(default_factory=dict)  # secret -> {key: ENV}
+    env: dict[str, str] = field(default_factory=dict)
+    cpu: str = "16"
+    memory: str = "200Gi"
+    shm: str = "64Gi"
+
+
+def pytorchjob_manifest(spec: JobSpec) -> dict:
+    """A kubeflow.org/v1 PyTorchJob: one Master and ``nodes - 1`` Workers, ``gpus_per_node`` processes each."""
+    command = (
+        'printf "%s" "$EMBEDPIPE_RECIPE_JSON" > /tmp/recipe.json && exec torchrun -m embedpipe.training.launch '
+        + " ".join(shlex.quote(a) for a in ["--recipe", "/tmp/recipe.json", *spec.launch_args])
+    )
+    env = [{"name": "EMBEDPIPE_RECIPE_JSON", "value": spec.recipe_json}]
+    env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    for secret, keys in sorted(spec.secret_envs.items()):
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key, var in sorted(keys.items())]
+    resources = {"cpu": spec.cpu, "memory": spec.memory, spec.gpu_resource: str(spec.gpus_per_node)}
+    pod = {
+        "metadata": {"labels": {"app.kubernetes.io/part-of": "embedpipe"}},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "nodeSelector": dict(spec.node_selector),
+            "tolerations": list(spec.tolerations),
+            "containers": [{
+                "name": "pytorch",  # the operator's required container name
+                "image": spec.image,
+                "command": ["/bin/sh", "-c", command],
+                "env": env,
+                "resources": {"requests": dict(resources), "limits": dict(resources)},
+                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            }],
+            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm}}],
+        },
+    }
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
+    if spec.nodes > 1:
+        replicas["Worker"] = {"replicas": spec.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": {"app.kubernetes.io/part-of": "embedpipe"}},
+        "spec": {
+            "nprocPerNode": str(spec.gpus_per_node),
+            "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def job_state(job: dict) -> tuple[str, str]:
+    """(state, message) from a PyTorchJob's status conditions: the latest condition whose status is True."""
+    conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
+    if not conditions:
+        return "Pending", ""
+    latest = max(enumerate(conditions), key=lambda ic: (str(ic[1].get("lastTransitionTime", "")), ic[0]))[1]
+    return str(latest.get("type")), str(latest.get("message") or latest.get("reason") or "")
+
+
+def create_job(api_client, manifest: dict) -> dict:
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client)
+    return api.create_namespaced_custom_object(GROUP, VERSION, manifest["metadata"]["namespace"], PLURAL, manifest)
+
+
+def delete_job(api_client, name: str, namespace: str) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def wait_for_job(api_client, name: str, namespace: str, timeout_s: float, poll_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict:
+    """Poll the job until Succeeded (returns it), Failed (raises TrainingJobFailed) or the timeout (deletes the
+    job, raises TrainingJobTimeout). Transient API errors (5xx, connection) are retried until the timeout."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CustomObjectsApi(api_client)
+    deadline = clock() + timeout_s
+    last = None
+    while True:
+        try:
+            job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} disappeared (deleted while running?)") from None
+            if err.status < 500:
+                raise
+            log.warning("reading PyTorchJob %s/%s: HTTP %s, retrying", namespace, name, err.status)
+            job = None
+        except OSError as err:  # urllib3 connection errors are OSErrors
+            log.warning("reading PyTorchJob %s/%s: %s, retrying", namespace, name, err)
+            job = None
+        if job is not None:
+            state, message = job_state(job)
+            if state != last:
+                log.info("PyTorchJob %s/%s: %s %s", namespace, name, state, message)
+                last = state
+            if state == "Succeeded":
+                return job
+            if state == "Failed":
+                raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} failed: {message or 'no message'}")
+        if clock() >= deadline:
+            try:
+                delete_job(api_client, name, namespace)
+            finally:
+                raise TrainingJobTimeout(f"PyTorchJob {namespace}/{name} did not finish within {timeout_s:.0f}s "
+                                         f"(last state: {last or 'unknown'}); it was deleted")
+        sleep(poll_s)
+
+
+def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str, out_dir: str,
+                          variant: dict | None, job_name: str, api_client=None, poll_s: float = 30.0) -> dict:
+    """Stage inputs on S3, run the stage as a PyTorchJob, wait, and download the export into ``out_dir``."""
+    from pathlib import Path
+
+    from embedpipe import storage
+    from embedpipe.orchestration.images import image
+
+    pipeline = recipe.pipeline
+    if not storage.is_remote(pipeline.artifact_root):
+        raise ValueError("multi-node training needs pipeline.artifact_root on s3:// (the workers read their inputs there)")
+    storage.configure(pipeline.s3_endpoint, pipeline.s3_secure)
+    root = storage.join(pipeline.artifact_root, "jobs", job_name)
+    records_uri = storage.join(root, "records.jsonl")
+    storage.upload(Path(records_dir) / "records.jsonl", records_uri)
+    init_uri = init_model
+    if Path(init_model).exists():
+        init_uri = storage.join(root, "init")
+        storage.upload(init_model, init_uri)
+    out_uri = storage.join(root, "model")
+    args = ["--stage", stage, "--records", records_uri, "--init-model", init_uri, "--out", out_uri,
+            "--checkpoint-dir", storage.join(root, "checkpoints")]
+    if variant:
+        args += ["--variant", json.dumps(variant, sort_keys=True)]
+    env = {"EMBEDPIPE_S3_ENDPOINT": pipeline.s3_endpoint or "", "EMBEDPIPE_S3_SECURE": str(pipeline.s3_secure).lower(),
+           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri}
+    spec = JobSpec(
+        name=job_name, namespace=pipeline.namespace, image=image("train", pipeline.image_registry, pipeline.image_tag),
+        launch_args=args, recipe_json=recipe.model_dump_json(), nodes=recipe.training.nodes,
+        gpus_per_node=recipe.training.gpus_per_node, gpu_resource=pipeline.gpu_accelerator,
+        node_selector=pipeline.gpu_node_selector,
+        tolerations=[t.model_dump(exclude_none=True) for t in pipeline.gpu_tolerations],
+        secret_envs={pipeline.s3_secret: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                          "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}},
+        env=env,
+    )
+    if api_client is None:
+        from embedpipe.deploy.apply import kube_client
+
+        api_client = kube_client()
+        if api_client is None:
+            raise RuntimeError("no Kubernetes API to create the training job (no kubeconfig, not in a cluster)")
+    create_job(api_client, pytorchjob_manifest(spec))
+    wait_for_job(api_client, job_name, pipeline.namespace, timeout_s=pipeline.job_timeout_s, poll_s=poll_s)
+    storage.download(out_uri, out_dir)
+    summary_path = Path(out_dir) / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return {**summary, "job": f"{pipeline.namespace}/{job_name}", "model_uri": out_uri}

@@ -1,0 +1,174 @@
+"""The multi-node training launcher: the PyTorchJob it builds, and its wait/fail/timeout state machine driven through
+the real kubernetes client against a local HTTP server replaying recorded job status objects."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from embedpipe.orchestration import k8s_jobs
+
+PATH = "/apis/kubeflow.org/v1/namespaces/kubeflow/pytorchjobs"
+
+
+def recorded(*conditions: tuple[str, str, str]) -> dict:
+    """A PyTorchJob as the training operator reports it: conditions (type, status, time)."""
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "j", "namespace": "kubeflow"},
+            "status": {"conditions": [{"type": t, "status": s, "lastTransitionTime": at, "reason": f"PyTorchJob{t}",
+                                       "message": f"PyTorchJob j is {t.lower()}."} for t, s, at in conditions]}}
+
+
+CREATED = recorded(("Created", "True", "2025-01-01T00:00:00Z"))
+RUNNING = recorded(("Created", "True", "2025-01-01T00:00:00Z"), ("Running", "True", "2025-01-01T00:01:00Z"))
+SUCCEEDED = recorded(("Created", "True", "2025-01-01T00:00:00Z"), ("Running", "False", "2025-01-01T00:09:00Z"),
+                     ("Succeeded", "True", "2025-01-01T00:09:00Z"))
+FAILED = recorded(("Created", "True", "2025-01-01T00:00:00Z"), ("Running", "False", "2025-01-01T00:05:00Z"),
+                  ("Failed", "True", "2025-01-01T00:05:00Z"))
+FAILED["status"]["conditions"][-1]["message"] = "PyTorchJob j has failed because 1 Master replica(s) failed."
+
+
+class FakeApiServer:
+    """Answers GET with the next recorded status (or an HTTP error code), records POST and DELETE bodies."""
+
+    def __init__(self, responses: list):
+        self.responses = list(responses)
+        self.requests: list[tuple[str, str, dict | None]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                outer.requests.append(("GET", self.path, None))
+                item = outer.responses.pop(0) if len(outer.responses) > 1 else outer.responses[0]
+                if isinstance(item, int):
+                    self._reply(item, {"kind": "Status", "code": item})
+                else:
+                    self._reply(200, item)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(("POST", self.path, body))
+                self._reply(201, body)
+
+            def do_DELETE(self):
+                outer.requests.append(("DELETE", self.path, None))
+                self._reply(200, {"kind": "Status", "status": "Success"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def client(self):
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(configuration)
+
+    def close(self):
+        self.server.shutdown()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_wait_succeeds_through_transient_errors():
+    server = FakeApiServer([CREATED, 503, RUNNING, RUNNING, SUCCEEDED])
+    clock = Clock()
+    try:
+        job = k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=600, poll_s=10, clock=clock,
+                                    sleep=clock.sleep)
+    finally:
+        server.close()
+    assert k8s_jobs.job_state(job)[0] == "Succeeded"
+    assert [m for m, _, _ in server.requests] == ["GET"] * 5
+    assert server.requests[0][1] == f"{PATH}/j"
+    assert clock.now == 40
+
+
+def test_failed_job_fails_the_step_with_the_operator_message():
+    server = FakeApiServer([CREATED, RUNNING, FAILED])
+    clock = Clock()
+    try:
+        with pytest.raises(k8s_jobs.TrainingJobFailed, match="1 Master replica\\(s\\) failed"):
+            k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=600, poll_s=10, clock=clock,
+                                  sleep=clock.sleep)
+    finally:
+        server.close()
+
+
+def test_timeout_deletes_the_job():
+    server = FakeApiServer([RUNNING])
+    clock = Clock()
+    try:
+        with pytest.raises(k8s_jobs.TrainingJobTimeout, match="did not finish within 60s \\(last state: Running\\)"):
+            k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=60, poll_s=10, clock=clock,
+                                  sleep=clock.sleep)
+    finally:
+        server.close()
+    assert server.requests[-1][:2] == ("DELETE", f"{PATH}/j")
+
+
+def test_job_that_disappears_or_is_forbidden():
+    for responses, error in (([404], k8s_jobs.TrainingJobFailed), ([403], Exception)):
+        server = FakeApiServer(responses)
+        clock = Clock()
+        try:
+            with pytest.raises(error):
+                k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=60, poll_s=10, clock=clock,
+                                      sleep=clock.sleep)
+        finally:
+            server.close()
+
+
+def test_manifest_and_create():
+    spec = k8s_jobs.JobSpec(
+        name="embedpipe-x-stage1", namespace="kubeflow", image="ghcr.io/embedpipe/embedpipe-train:0.1.0",
+        launch_args=["--stage", "stage1", "--records", "s3://b/records.jsonl", "--out", "s3://b/model"],
+        recipe_json='{"name": "x"}', nodes=4, gpus_per_node=8,
+        node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        secret_envs={"embedpipe-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"}},
+    )
+    manifest = k8s_jobs.pytorchjob_manifest(spec)
+    replicas = manifest["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 3
+    assert manifest["spec"]["nprocPerNode"] == "8"
+    pod = replicas["Worker"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["name"] == "pytorch"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "torchrun -m embedpipe.training.launch --recipe /tmp/recipe.json --stage stage1" in container["command"][2]
+    env = {e["name"]: e for e in container["env"]}
+    assert json.loads(env["EMBEDPIPE_RECIPE_JSON"]["value"]) == {"name": "x"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "embedpipe-s3", "key": "AWS_ACCESS_KEY_ID"}
+
+    server = FakeApiServer([CREATED])
+    try:
+        k8s_jobs.create_job(server.client(), manifest)
+    finally:
+        server.close()
+    method, path, body = server.requests[0]
+    assert (method, path) == ("POST", PATH) and body == manifest

@@ -186,3 +186,14 @@ def test_merge_command(pair, tmp_path):
     assert torch.equal(merged["norm.weight"], expected)
     bad = CliRunner().invoke(app, ["merge", str(a), str(tmp_path), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "not an embedpipe encoder export" in str(bad.exception)
+
+
+def test_chunked_averaging_is_exact(pair, tmp_path, monkeypatch):
+    import embedpipe.merging.merge as merge_module
+
+    a, b = pair
+    monkeypatch.setattr(merge_module, "CHUNK_ELEMENTS", 1000)  # many row chunks per tensor
+    merge_checkpoints([a, b], tmp_path / "chunked")
+    wa, wb, merged = load_weights(a), load_weights(b), load_weights(tmp_path / "chunked")
+    for name in wa:
+        assert torch.equal(merged[name], ((wa[name].double() + wb[name].double()) / 2).float()), name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,13 +173,14 @@ def merge_checkpoints(
 
     limit = parse_size(shard_size)
     files = [weight_files(d) for d in dirs]
-    handles: dict[Path, object] = {}
 
-    def tensor(i: int, name: str) -> torch.Tensor:
-        path = files[i][name]
-        if path not in handles:
-            handles[path] = safe_open(str(path), framework="pt")
-        return handles[path].get_tensor(name)
+    # Each read opens the file briefly: a safetensors handle memory-maps its file, and pages read through a
+    # long-lived handle stay resident, so N open handles would grow to N models of resident memory.
+    def read(i: int, name: str, rows: slice | None = None) -> torch.Tensor:
+        with safe_open(str(files[i][name]), framework="pt") as handle:
+            if rows is None:
+                return handle.get_tensor(name)
+            return handle.get_slice(name)[rows]
 
     shard_paths: list[Path] = []
     weight_map: dict[str, int] = {}
@@ -195,31 +197,16 @@ def merge_checkpoints(
         shard_paths.append(path)
         shard, shard_bytes = {}, 0
 
-    try:
-        for name in specs:  # header order of the first checkpoint
-            first = tensor(0, name)
-            if first.is_floating_point():
-                acc = first.to(torch.float64) * norm[0]
-                for i in range(1, len(dirs)):
-                    if norm[i]:
-                        acc.add_(tensor(i, name).to(torch.float64), alpha=norm[i])
-                merged = acc.to(first.dtype)
-                del acc
-            else:  # integer buffers (none in a Llama encoder) are not averaged: they must agree
-                for i in range(1, len(dirs)):
-                    if not torch.equal(first, tensor(i, name)):
-                        raise MergeError(f"non-float tensor {name!r} differs between {dirs[0]} and {dirs[i]}")
-                merged = first.clone()
-            nbytes = merged.numel() * merged.element_size()
-            if shard and shard_bytes + nbytes > limit:
-                flush()
-            shard[name] = merged.contiguous()
-            shard_bytes += nbytes
-            total_size += nbytes
-            weight_map[name] = len(shard_paths)
-        flush()
-    finally:
-        handles.clear()
+    for name, (shape, _) in specs.items():
+        merged = _average_tensor(read, name, shape, norm, dirs)
+        nbytes = merged.numel() * merged.element_size()
+        if shard and shard_bytes + nbytes > limit:
+            flush()
+        shard[name] = merged
+        shard_bytes += nbytes
+        total_size += nbytes
+        weight_map[name] = len(shard_paths)
+    flush()
 
     if len(shard_paths) == 1:
         shard_paths[0].rename(out / SINGLE_FILE)
@@ -254,6 +241,38 @@ def merge_checkpoints(
     if track:
         _log_to_mlflow(provenance, out)
     return {"out_dir": str(out), **provenance}
+
+
+CHUNK_ELEMENTS = 1 << 22  # rows are averaged in float64 chunks of about this many elements (32 MiB)
+
+
+def _average_tensor(read, name: str, shape: tuple[int, ...], norm: list[float], dirs: list[Path]) -> torch.Tensor:
+    """Weighted average of one tensor over the inputs, in float64 row chunks (bounded temporaries), cast back."""
+    if not shape or shape[0] == 0:
+        pieces: list[slice | None] = [None]
+    else:
+        step = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+        pieces = [slice(a, min(a + step, shape[0])) for a in range(0, shape[0], step)]
+    out = None
+    for rows in pieces:
+        base = read(0, name, rows)
+        if not base.is_floating_point():  # integer buffers (none in a Llama encoder) must agree, not be averaged
+            for i in range(1, len(dirs)):
+                if not torch.equal(base, read(i, name, rows)):
+                    raise MergeError(f"non-float tensor {name!r} differs between {dirs[0]} and {dirs[i]}")
+            merged = base
+        else:
+            acc = base.to(torch.float64).mul_(norm[0])
+            for i in range(1, len(dirs)):
+                if norm[i]:
+                    acc.add_(read(i, name, rows).to(torch.float64), alpha=norm[i])
+            merged = acc.to(base.dtype)
+        if rows is None:
+            return merged.reshape(shape).contiguous()
+        if out is None:
+            out = torch.empty(shape, dtype=base.dtype)
+        out[rows] = merged
+    return out
 
 
 def _log_to_mlflow(provenance: dict, out: Path) -> None:

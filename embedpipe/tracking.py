@@ -192,7 +192,7 @@ def log_and_register_model(model_dir: str | os.PathLike, registered_name: str | 
         artifacts={"encoder": str(model_dir)},
         pip_requirements=["embedpipe"],
     )
-    out = {"model_uri": info.model_uri}
+    out = {"mlflow_model_uri": info.model_uri}
     if registered_name:
         version = mlflow.register_model(info.model_uri, registered_name)
         out.update(registered_name=registered_name, version=str(version.version))

@@ -7,9 +7,11 @@ contract and returns a JSON-able summary. Nothing here trains, mines or evaluate
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,20 @@ from embedpipe.recipe import Recipe, RecipeError, _set_override
 log = logging.getLogger(__name__)
 
 SUMMARY = "step-summary.json"  # written beside a step's data outputs (never inside an encoder export)
+
+
+def timed(fn):
+    """Add ``step_seconds`` (the step's own compute, without process start and KFP bookkeeping) to the summary."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        summary = fn(*args, **kwargs)
+        if isinstance(summary, dict):
+            summary = {**summary, "step_seconds": round(time.perf_counter() - started, 3)}
+        return summary
+
+    return wrapper
 
 
 def recipe_from_json(recipe_json: str, overrides_json: str = "") -> Recipe:
@@ -47,6 +63,7 @@ def _write_summary(folder: Path, summary: dict) -> dict:
     return summary
 
 
+@timed
 def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> dict:
     """Data build: public sets -> records.jsonl, corpus.jsonl, manifest.json, eval/."""
     from embedpipe.data.build import build_training_data
@@ -54,6 +71,7 @@ def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> dict:
     return build_training_data(recipe, Path(out_dir))
 
 
+@timed
 def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
     """SDG over the data step's corpus; with SDG disabled, an empty synthetic.jsonl says so downstream."""
     out = Path(out_dir)
@@ -68,6 +86,7 @@ def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.Pa
     return _write_summary(out, summary)
 
 
+@timed
 def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
     """Public + synthetic records (deduplicated, decontaminated) -> hard negatives mined against the corpus."""
     from embedpipe.data.build import combine_records
@@ -99,6 +118,7 @@ def base_model_source(recipe: Recipe, work_dir: str | os.PathLike) -> str:
     return recipe.model.base
 
 
+@timed
 def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
           variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None) -> dict:
     """One training stage (a stage-2 variant when ``variant`` is given); ``out_dir`` becomes an encoder export."""
@@ -108,6 +128,7 @@ def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model
                        variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
 
 
+@timed
 def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike) -> dict:
     """Average the stage-2 checkpoints (the recipe's merge method and weights)."""
     from embedpipe.merging.merge import merge_checkpoints
@@ -115,6 +136,7 @@ def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike) -> 
     return merge_checkpoints(model_dirs, Path(out_dir), weights=recipe.merge.weights, shard_size=recipe.merge.shard_size)
 
 
+@timed
 def evaluate(recipe: Recipe, model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
              model_name: str | None = None) -> dict:
     """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks."""

@@ -36,9 +36,21 @@ class TrainingConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- set-up helpers
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); starts the process group from torchrun's environment when needed."""
+def init_distributed(single_process_group: bool = False) -> tuple[int, int, int]:
+    """(rank, world size, local rank); starts the process group from torchrun's environment when needed.
+
+    ``single_process_group``: a one-rank group even without torchrun (DeepSpeed and FSDP always need a group)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if single_process_group and world_size == 1 and not torch.distributed.is_initialized():
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                           "LOCAL_RANK": "0"}.items():
+            os.environ.setdefault(key, value)
+        world_size = 2  # fall through to init_process_group below
     if world_size > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
@@ -165,7 +177,7 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     started = time.time()
     training = recipe.training
     stage_cfg = resolve_stage(recipe, stage, variant)
-    rank, world_size, local_rank = init_distributed()
+    rank, world_size, local_rank = init_distributed(single_process_group=training.backend != "torch")
     per_device, micro, accumulation = plan_batches(stage_cfg, world_size)
     if training.backend == "fsdp" and world_size == 1:
         log.info("fsdp backend with one process: sharding over one rank")

@@ -1,0 +1,255 @@
+"""train_stage end to end on a tiny random Llama: two stages, exact resume after a kill, two gloo processes,
+FSDP2 / DeepSpeed checkpoints consolidated on CPU, MLflow logging, gradient flow, and bad input refused early."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from embedpipe.data.schema import RecordError, write_records
+from embedpipe.recipe import load_recipe
+from embedpipe.training.config import StageConfig
+from embedpipe.training.data import TrainingDataError
+from embedpipe.training.run import TrainingConfigError, plan_batches, train_stage
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "local.yaml"
+SMALL = ["training.stage1.batch_size=4", "training.stage1.steps=4", "training.stage1.warmup_steps=1",
+         "training.stage1.max_document_length=48", "training.stage2.batch_size=4", "training.stage2.steps=2",
+         "training.stage2.max_document_length=48", "training.stage1.learning_rate=1e-3",
+         "training.stage2.learning_rate=1e-3"]
+
+
+def make_records(n: int = 16, negatives: int = 4) -> list[dict]:
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)[:n + negatives]
+    out = []
+    for i in range(n):
+        out.append({"id": f"pydoc-{i}", "task_type": "retrieval", "source": "pydoc",
+                    "instruction": "Given a question about Python, retrieve the documentation section that answers it",
+                    "query": f"How does {names[i]} work?", "positives": [topics[names[i]][:200]],
+                    "negatives": [topics[names[i + j + 1]][:200] for j in range(negatives)]})
+    out[-1]["task_type"] = "sts"  # a symmetric record in the mix
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("records") / "records.jsonl"
+    write_records(make_records(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tiny_encoder, records, tmp_path_factory) -> tuple[dict, Path]:
+    """Stage 1 of the SMALL recipe, plain torch in this process: the reference the other backends must match."""
+    out = tmp_path_factory.mktemp("stage1") / "export"
+    return train_stage(load_recipe(RECIPE, SMALL), "stage1", records, tiny_encoder, out), out
+
+
+def weights(export: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(export / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path, atol: float = 0.0) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=atol, rtol=0) for k in wa)
+
+
+def launch(args: list[str], env_extra: dict | None = None, nproc: int = 1, timeout: int = 240):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "embedpipe.training.launch"] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+         "-m", "embedpipe.training.launch"]
+    return subprocess.run(cmd + args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_args(records, init, out, *sets, checkpoint=None, summary=None):
+    args = ["--recipe", str(RECIPE), "--stage", "stage1", "--records", str(records), "--init-model", str(init),
+            "--out", str(out)]
+    for item in [*SMALL, *sets]:
+        args += ["--set", item]
+    if checkpoint:
+        args += ["--checkpoint-dir", str(checkpoint)]
+    if summary:
+        args += ["--summary", str(summary)]
+    return args
+
+
+def test_two_stage_hand_over(tiny_encoder, records, stage1_run, tmp_path):
+    from embedpipe.encoder import Encoder, read_export_metadata
+
+    recipe = load_recipe(RECIPE, SMALL)
+    s1, stage1 = stage1_run
+    s2 = train_stage(recipe, "stage2", records, stage1, tmp_path / "stage2",
+                     variant={"name": "mix-b", "learning_rate": 5e-4})
+    assert (s1["hard_negatives"], s2["hard_negatives"]) == (1, 4)
+    assert s2["init_model"] == str(stage1) and s2["stage_name"] == "finetune-mix-b"
+    assert len(s1["history"]) == 4 and len(s2["history"]) == 2
+    assert s2["history"][0]["lr"] == 0.0 or s2["history"][0]["lr"] <= 5e-4  # the variant's peak, after warm-up
+    meta = read_export_metadata(tmp_path / "stage2")
+    assert meta["training"]["stage"] == "stage2" and meta["max_length"] == 48
+    assert not same_weights(tiny_encoder, stage1) and not same_weights(stage1, tmp_path / "stage2")
+    emb = Encoder.from_pretrained(tmp_path / "stage2", device="cpu").encode(["a question", "a passage"])
+    assert emb.shape == (2, 64)
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tiny_encoder, records, tmp_path):
+    recipe = load_recipe(RECIPE, SMALL + ["training.stage1.batch_size=16", "training.stage1.steps=6",
+                                          "training.stage1.warmup_steps=0", "training.stage1.schedule=constant"])
+    summary = train_stage(recipe, "stage1", records, tiny_encoder, tmp_path / "out")
+    losses = [h["loss"] for h in summary["history"]]  # batch 16 = all records: the same batch every step
+    assert losses[-1] < losses[0] * 0.7
+
+
+def test_resume_after_kill_ends_with_identical_weights(tiny_encoder, records, tmp_path):
+    sets = ["training.stage1.steps=5", "training.stage1.checkpoint_every=2", "training.stage1.micro_batch_size=2"]
+    # the uninterrupted reference, in this process (same thread count as the launched one: bit-identical maths)
+    train_stage(load_recipe(RECIPE, SMALL + sets), "stage1", records, tiny_encoder, tmp_path / "ref")
+    ckpt = tmp_path / "ckpt"
+    killed = launch(launch_args(records, tiny_encoder, tmp_path / "run", *sets, checkpoint=ckpt),
+                    env_extra={"EMBEDPIPE_FAULT_AFTER_STEP": "4"})
+    assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL right after step 4's checkpoint
+    assert not (tmp_path / "run").exists()
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == 4
+    resumed = launch(launch_args(records, tiny_encoder, tmp_path / "run", *sets, checkpoint=ckpt,
+                                 summary=tmp_path / "summary.json"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["start_step"] == 4 and summary["resumed_from"] == "step-00000004"
+    assert len(summary["history"]) == 1
+    assert same_weights(tmp_path / "ref", tmp_path / "run")  # bit-identical
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stay_in_sync_and_match_one_process(tiny_encoder, records, stage1_run, tmp_path):
+    run = launch(launch_args(records, tiny_encoder, tmp_path / "ddp", summary=tmp_path / "s.json"), nproc=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["world_size"] == 2 and summary["micro_batch_size"] == 2
+    checks = summary["replica_checksums"]
+    assert len(checks) == 2 and checks[0] == checks[1]
+    # one process over the whole batch computes the same global-mean gradient (up to float rounding)
+    single, single_out = stage1_run
+    assert [round(h["loss"], 4) for h in single["history"]] == [round(h["loss"], 4) for h in summary["history"]]
+    assert same_weights(tmp_path / "ddp", single_out, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_checkpoint_consolidates_on_cpu(tiny_encoder, records, stage1_run, tmp_path):
+    from embedpipe.training.consolidate import consolidate
+
+    sets = ["training.backend=fsdp", "training.stage1.checkpoint_every=2"]
+    run = launch(launch_args(records, tiny_encoder, tmp_path / "fsdp", *sets, checkpoint=tmp_path / "ck",
+                             summary=tmp_path / "s.json"), nproc=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "ck" / "step-00000002" / "dcp").glob("*.distcp")) == \
+        ["__0_0.distcp", "__1_0.distcp"]
+    torch_run, plain = stage1_run
+    fsdp = json.loads((tmp_path / "s.json").read_text())
+    assert [round(h["loss"], 4) for h in fsdp["history"]] == [round(h["loss"], 4) for h in torch_run["history"]]
+    assert same_weights(tmp_path / "fsdp", plain, atol=1e-5)
+    out = consolidate(tmp_path / "ck" / "step-00000002", tiny_encoder, tmp_path / "consolidated", max_length=48)
+    assert (out / "embedpipe.json").is_file() and weights(out).keys() == weights(plain).keys()
+
+
+DEEPSPEED_NO_SHM = (  # DeepSpeed's CPU accelerator JIT-compiles a shared-memory collective (minutes on 2 cores):
+    "import deepspeed.comm.torch as t; t.build_shm_op = lambda: None; "  # use plain gloo collectives instead
+    "import sys; from embedpipe.training.launch import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_trains_and_its_checkpoint_consolidates(tiny_encoder, records, stage1_run, tmp_path):
+    from embedpipe.training.consolidate import checkpoint_state_dict
+
+    sets = ["training.backend=deepspeed", "training.deepspeed_config=configs/deepspeed/zero3.json",
+            "training.stage1.checkpoint_every=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", DEEPSPEED_NO_SHM] + launch_args(
+        records, tiny_encoder, tmp_path / "ds", *sets, checkpoint=tmp_path / "ck", summary=tmp_path / "s.json"),
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ds = json.loads((tmp_path / "s.json").read_text())
+    torch_run, plain = stage1_run
+    assert [round(h["loss"], 4) for h in ds["history"]] == [round(h["loss"], 4) for h in torch_run["history"]]
+    assert same_weights(tmp_path / "ds", plain, atol=1e-5)
+    assert set(checkpoint_state_dict(tmp_path / "ck" / "step-00000002")) == set(weights(plain))
+
+
+def test_mlflow_logs_to_the_active_run_only(tiny_encoder, records, tmp_path):
+    import mlflow
+
+    recipe = load_recipe(RECIPE, SMALL + ["training.stage1.steps=2"])
+    train_stage(recipe, "stage1", records, tiny_encoder, tmp_path / "untracked")  # no active run: no error
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        with mlflow.start_run() as run:
+            train_stage(recipe, "stage1", records, tiny_encoder, tmp_path / "tracked")
+        client = mlflow.MlflowClient()
+        data = client.get_run(run.info.run_id).data
+        assert data.params["training.loss"] == "hard_negative_infonce" and data.params["train.stage1.steps"] == "2"
+        for name in ("loss", "lr", "grad_norm", "tokens_per_s"):
+            assert len(client.get_metric_history(run.info.run_id, f"stage1.{name}")) == 2, name
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model-pretrain")]
+        assert "model-pretrain/embedpipe.json" in artifacts and "model-pretrain/model.safetensors" in artifacts
+    finally:
+        mlflow.set_tracking_uri("")
+
+
+def test_gradients_reach_every_layer_through_bidirectional_attention(tiny_encoder):
+    from embedpipe.encoder import Encoder
+    from embedpipe.training.losses import build_loss
+
+    enc = Encoder.from_pretrained(tiny_encoder, device="cpu")
+    enc.model.train()
+    batch = enc.tokenize(["first query text", "second query", "positive one", "positive two here",
+                          "negative one", "negative two"], 16)
+    emb = enc.embed(batch)
+    loss = build_loss("hard_negative_infonce")(emb[:2], emb[2:4], emb[4:].unsqueeze(1))
+    loss.backward()
+    for name, p in enc.model.named_parameters():
+        if name != "embed_tokens.weight":
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    # bidirectional: the first position's output depends on the LAST input token (a causal model's would not)
+    embeds = enc.model.embed_tokens(batch["input_ids"][:1]).detach().requires_grad_(True)
+    out = enc.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"][:1]).last_hidden_state
+    out[0, 0].sum().backward()
+    last = int(batch["attention_mask"][0].sum()) - 1
+    assert embeds.grad[0, last].abs().sum() > 0
+
+
+def test_records_with_too_few_negatives_are_refused_before_any_step(tiny_encoder, tmp_path):
+    path = tmp_path / "short.jsonl"
+    rows = make_records(8, negatives=4)
+    rows[5]["negatives"] = rows[5]["negatives"][:2]
+    write_records(rows, path)
+    recipe = load_recipe(RECIPE, SMALL)
+    with pytest.raises(TrainingDataError, match=r"record 'pydoc-5' .* has 2 hard negative\(s\), the stage needs 4"):
+        train_stage(recipe, "stage2", path, tiny_encoder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_text_is_refused_with_file_and_line(tiny_encoder, tmp_path):
+    path = tmp_path / "empty.jsonl"
+    rows = make_records(4)
+    rows[2]["positives"] = ["   "]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(RecordError, match=r"empty.jsonl:3: field 'positives'"):
+        train_stage(load_recipe(RECIPE, SMALL), "stage1", path, tiny_encoder, tmp_path / "out")
+
+
+def test_batch_that_does_not_divide_is_refused():
+    with pytest.raises(TrainingConfigError, match="batch_size 6 does not divide over 4 devices"):
+        plan_batches(StageConfig(name="s", batch_size=6), 4)
+    with pytest.raises(TrainingConfigError, match="not a multiple of micro_batch_size 3"):
+        plan_batches(StageConfig(name="s", batch_size=8, micro_batch_size=3), 2)
+    assert plan_batches(StageConfig(name="s", batch_size=8, micro_batch_size=2), 2) == (4, 2, 2)

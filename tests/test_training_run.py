@@ -253,3 +253,23 @@ def test_batch_that_does_not_divide_is_refused():
     with pytest.raises(TrainingConfigError, match="not a multiple of micro_batch_size 3"):
         plan_batches(StageConfig(name="s", batch_size=8, micro_batch_size=3), 2)
     assert plan_batches(StageConfig(name="s", batch_size=8, micro_batch_size=2), 2) == (4, 2, 2)
+
+
+def test_cli_train_then_consolidate(tiny_encoder, records, tmp_path):
+    from typer.testing import CliRunner
+
+    from embedpipe.cli import app
+
+    sets = [a for s in [*SMALL, "training.stage1.steps=3", "training.stage1.checkpoint_every=2"] for a in ("--set", s)]
+    result = CliRunner().invoke(app, ["train", "stage1", "--records", str(records), "--init-model", str(tiny_encoder),
+                                      "--out", str(tmp_path / "out"), "--recipe", str(RECIPE), "--checkpoint-dir",
+                                      str(tmp_path / "ck"), "--summary", str(tmp_path / "s.json"), *sets])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s.json").read_text())["steps"] == 3
+    result = CliRunner().invoke(app, ["consolidate", str(tmp_path / "ck" / "step-00000002"), "--init-model",
+                                      str(tiny_encoder), "--out", str(tmp_path / "c"), "--max-length", "48"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "embedpipe.json").is_file()
+    bad = CliRunner().invoke(app, ["train", "stage2", "--records", str(records), "--init-model", str(tiny_encoder),
+                                   "--out", str(tmp_path / "x"), "--recipe", str(RECIPE), "--variant", "mix-z"])
+    assert bad.exit_code != 0 and "no stage-2 variant 'mix-z'" in bad.output

@@ -1,9 +1,77 @@
-"""Commands of the training area."""
+"""Commands of the training area: ``embedpipe train`` (one stage, optionally over N local processes with torchrun)
+and ``embedpipe consolidate`` (a FSDP2 / DeepSpeed / torch checkpoint -> encoder export, on CPU)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to ``app``."""
+
+    @app.command("train")
+    def train(
+        stage: str = typer.Argument(..., help="stage1 (retrieval pretraining) or stage2 (mixed-task fine-tuning)."),
+        records: str = typer.Option(..., "--records", help="Records with mined negatives (local or s3://)."),
+        init_model: str = typer.Option(..., "--init-model", help="Encoder export or base checkpoint to start from."),
+        out: str = typer.Option(..., "--out", "-o", help="Output encoder export (local or s3://)."),
+        recipe: Path = typer.Option(Path("recipes/local.yaml"), "--recipe", "-r", help="Recipe YAML."),
+        override: list[str] = typer.Option([], "--set", help="Recipe override, e.g. --set training.stage1.steps=50."),
+        checkpoint_dir: str = typer.Option(None, "--checkpoint-dir", help="Periodic checkpoints (local or s3://)."),
+        no_resume: bool = typer.Option(False, "--no-resume", help="Ignore checkpoints already in --checkpoint-dir."),
+        variant: str = typer.Option(None, "--variant", help="Stage-2 variant as JSON, or the name of one in the recipe."),
+        nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (torchrun; gloo on CPU, NCCL on GPU)."),
+        summary: Path = typer.Option(None, "--summary", help="Write the training summary JSON here."),
+    ) -> None:
+        """Train one stage with the recipe's loss, backend and schedule; resumable from --checkpoint-dir."""
+        import json
+        import subprocess
+        import sys
+
+        from embedpipe.recipe import load_recipe
+
+        loaded = load_recipe(recipe, override)
+        variant_json = None
+        if variant:
+            if variant.lstrip().startswith("{"):
+                variant_json = variant
+            else:
+                found = [v for v in loaded.training.stage2_variants if v.get("name") == variant]
+                if not found:
+                    names = ", ".join(str(v.get("name")) for v in loaded.training.stage2_variants)
+                    raise typer.BadParameter(f"no stage-2 variant {variant!r} in {recipe} (variants: {names})")
+                variant_json = json.dumps(found[0])
+        args = ["--recipe", str(recipe), "--stage", stage, "--records", records, "--init-model", init_model,
+                "--out", out]
+        for item in override:
+            args += ["--set", item]
+        if checkpoint_dir:
+            args += ["--checkpoint-dir", checkpoint_dir]
+        if no_resume:
+            args.append("--no-resume")
+        if variant_json:
+            args += ["--variant", variant_json]
+        if summary:
+            args += ["--summary", str(summary)]
+        if nproc > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                   "-m", "embedpipe.training.launch", *args]
+            raise typer.Exit(subprocess.call(cmd))
+        from embedpipe.training.launch import main
+
+        main(args)
+
+    @app.command("consolidate")
+    def consolidate_cmd(
+        checkpoint: Path = typer.Argument(..., help="A checkpoint folder (<checkpoint-dir>/step-N)."),
+        init_model: str = typer.Option(..., "--init-model", help="The export/base the run started from (config, tokenizer)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output encoder export."),
+        max_length: int = typer.Option(512, "--max-length"),
+    ) -> None:
+        """Consolidate a torch / FSDP2 / DeepSpeed checkpoint into an encoder export, on CPU."""
+        from embedpipe.training.consolidate import consolidate
+
+        path = consolidate(checkpoint, init_model, out, max_length=max_length)
+        typer.echo(str(path))

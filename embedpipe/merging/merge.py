@@ -13,6 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -172,6 +173,9 @@ def merge_checkpoints(
         stale.unlink(missing_ok=True)
 
     limit = parse_size(shard_size)
+    # hash the inputs on a second thread while merging (hashlib releases the GIL on large blocks)
+    hasher = ThreadPoolExecutor(max_workers=1)
+    hashes = [hasher.submit(content_hash, d) for d in dirs]
     files = [weight_files(d) for d in dirs]
 
     # Each read opens the file briefly: a safetensors handle memory-maps its file, and pages read through a
@@ -221,7 +225,8 @@ def merge_checkpoints(
         (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
     copy_export_extras(dirs[0], out)
-    input_hashes = [content_hash(d) for d in dirs]
+    input_hashes = [h.result() for h in hashes]
+    hasher.shutdown()
     provenance = {
         "method": "uniform" if weights is None else "weighted",
         "inputs": [
@@ -261,17 +266,17 @@ def _average_tensor(read, name: str, shape: tuple[int, ...], norm: list[float], 
                 if not torch.equal(base, read(i, name, rows)):
                     raise MergeError(f"non-float tensor {name!r} differs between {dirs[0]} and {dirs[i]}")
             merged = base
-        else:
-            acc = base.to(torch.float64).mul_(norm[0])
+        else:  # in-place mixed-dtype ops: no float64 copy of each input
+            acc = torch.empty(base.shape, dtype=torch.float64).copy_(base).mul_(norm[0])
             for i in range(1, len(dirs)):
                 if norm[i]:
-                    acc.add_(read(i, name, rows).to(torch.float64), alpha=norm[i])
-            merged = acc.to(base.dtype)
+                    acc.add_(read(i, name, rows), alpha=norm[i])
+            merged = acc
         if rows is None:
-            return merged.reshape(shape).contiguous()
+            return merged.to(base.dtype).reshape(shape).contiguous()
         if out is None:
             out = torch.empty(shape, dtype=base.dtype)
-        out[rows] = merged
+        out[rows].copy_(merged)
     return out
 
 

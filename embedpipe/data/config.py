@@ -51,6 +51,7 @@ class GeneratorConfig(Section):
     max_retries: int = Field(2, ge=0)  # openai client retries per request
     request_timeout: float = Field(120.0, gt=0)
     max_model_len: int | None = Field(None, gt=0)  # vllm engine context length
+    threads: int | None = Field(None, gt=0)  # transformers: torch threads while generating (1 is best on busy CPUs)
 
 
 class SDGConfig(Section):
@@ -67,6 +68,7 @@ class SDGConfig(Section):
     max_chars: int = Field(2000, gt=1)
     consistency_top_k: int | None = Field(20, gt=0)
     seed_corpus: str = "pydoc"  # "pydoc" (Python's own docs, on every machine) or a source name / path
+    max_prompt_document_chars: int = Field(2000, gt=0)  # seed documents are cut to this in prompts
     teacher: str = "all-minilm-l6-v2"  # embedder of the consistency filter
     brainstorm_tasks: int = Field(8, gt=0)  # tasks asked for in step one of two-step generation
     seed: int = 42

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 class Generator(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], seed: int) -> list[str]:
-        """One completion per prompt (chat formatted as a single user turn)."""
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
+        """One completion per prompt (chat formatted as a single user turn); generation ends at a ``stop`` string."""
 
 
 def chat(prompt: str) -> list[dict[str, str]]:
@@ -59,10 +59,22 @@ class TransformersGenerator:
             self._model, self._tokenizer = model.to(self.device).eval(), tokenizer
         return self._model, self._tokenizer
 
-    def generate(self, prompts: list[str], seed: int) -> list[str]:
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
         import torch
 
         model, tokenizer = self._load()
+        cfg = self.config
+        previous = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            return self._generate(model, tokenizer, prompts, seed, stop)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _generate(self, model, tokenizer, prompts: list[str], seed: int, stop: list[str] | None) -> list[str]:
+        import torch
+
         cfg = self.config
         texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
         outputs: list[str] = []
@@ -72,11 +84,13 @@ class TransformersGenerator:
             torch.manual_seed(seed + start)
             sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 \
                 else {"do_sample": False}
+            if stop:
+                sampling.update(stop_strings=stop, tokenizer=tokenizer)
             with torch.inference_mode():
                 out = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **sampling)
             new = out[:, enc["input_ids"].shape[1]:]
-            outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+            outputs += [_cut(t, stop) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
         return outputs
 
 
@@ -99,16 +113,16 @@ class OpenAIGenerator:
                                   timeout=self.config.request_timeout)
         return self._client
 
-    def request(self, prompt: str, seed: int) -> dict:
+    def request(self, prompt: str, seed: int, stop: list[str] | None = None) -> dict:
         cfg = self.config
         return {"model": cfg.model, "messages": chat(prompt), "temperature": cfg.temperature, "top_p": cfg.top_p,
-                "max_tokens": cfg.max_new_tokens, "seed": seed}
+                "max_tokens": cfg.max_new_tokens, "seed": seed, **({"stop": stop} if stop else {})}
 
-    def generate(self, prompts: list[str], seed: int) -> list[str]:
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
         client = self._get_client()
 
         def one(i: int) -> str:
-            response = client.chat.completions.create(**self.request(prompts[i], seed + i))
+            response = client.chat.completions.create(**self.request(prompts[i], seed + i, stop))
             return response.choices[0].message.content or ""
 
         with ThreadPoolExecutor(max_workers=max(1, self.config.batch_size)) as pool:
@@ -128,9 +142,10 @@ class VLLMGenerator:
         return {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size, "seed": 0,
                 "trust_remote_code": False, **({"max_model_len": cfg.max_model_len} if cfg.max_model_len else {})}
 
-    def sampling_kwargs(self, seed: int) -> dict:
+    def sampling_kwargs(self, seed: int, stop: list[str] | None = None) -> dict:
         cfg = self.config
-        return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens, "seed": seed}
+        return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens, "seed": seed,
+                **({"stop": stop} if stop else {})}
 
     def _engine(self):
         if self._llm is None:
@@ -142,13 +157,21 @@ class VLLMGenerator:
             self._llm = LLM(**self.engine_kwargs())
         return self._llm
 
-    def generate(self, prompts: list[str], seed: int) -> list[str]:
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
+        llm = self._engine()
         from vllm import SamplingParams
 
-        llm = self._engine()
-        params = SamplingParams(**self.sampling_kwargs(seed))
+        params = SamplingParams(**self.sampling_kwargs(seed, stop))
         outputs = llm.chat([chat(p) for p in prompts], params, use_tqdm=False)
         return [o.outputs[0].text if o.outputs else "" for o in outputs]
+
+
+def _cut(text: str, stop: list[str] | None) -> str:
+    """The text before the first stop string (transformers keeps the matched stop string in its output)."""
+    text = text.strip()
+    for s in stop or []:
+        text = text.split(s, 1)[0]
+    return text
 
 
 def make_generator(config: GeneratorConfig) -> Generator:

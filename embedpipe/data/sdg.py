@@ -42,6 +42,7 @@ LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "
              "nl": "Dutch", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "ru": "Russian", "ar": "Arabic",
              "hi": "Hindi", "bn": "Bengali", "fa": "Persian", "fi": "Finnish", "id": "Indonesian", "sw": "Swahili",
              "te": "Telugu", "th": "Thai", "yo": "Yoruba", "tr": "Turkish", "pl": "Polish", "vi": "Vietnamese"}
+STOP = {"query_generation": ["\n"]}  # a query is one line: stop there instead of paying for max_new_tokens
 TOPICS = ["science", "health", "programming", "history", "finance", "law", "travel", "sports", "cooking",
           "education", "technology", "music", "environment", "politics", "shopping", "mathematics"]
 
@@ -208,7 +209,7 @@ def plan(config: SDGConfig, corpus: list[tuple[str, str]]) -> list[Shard]:
             item = Item(id=f"{task}-{i:06d}", task=task, language=lang, params=params)
             if task == "query_generation":
                 item.doc_id, item.document = docs[i % len(docs)]
-                params["document"] = item.document
+                params["document"] = item.document[: config.max_prompt_document_chars]
             elif task == "retrieval_triplet":
                 params.update(topic=rng.choice(TOPICS), n_tasks=config.brainstorm_tasks,
                               query_type=rng.choice(["extremely long-tail", "long-tail", "common"]),
@@ -274,7 +275,7 @@ def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, sourc
         outputs = second.generate(prompts, seed + 1) if items else []
     else:
         prompts = [render(shard.task, **it.params) for it in items]
-        outputs = first.generate(prompts, seed)
+        outputs = first.generate(prompts, seed, stop=STOP.get(shard.task))
         generator_label = first.name
     records: list[dict] = []
     for it, text in zip(items, outputs):

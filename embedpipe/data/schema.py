@@ -261,7 +261,7 @@ def _parquet_schema():
     import pyarrow as pa
 
     strings = pa.list_(pa.string())
-    floats = pa.list_(pa.float32())
+    floats = pa.list_(pa.float64())
     types = {"negative_scores": floats, "positive_scores": floats, "positives": strings, "negatives": strings,
              "positive_ids": strings, "negative_ids": strings}
     return pa.schema([(name, types.get(name, pa.string())) for name in PARQUET_SCHEMA_FIELDS])

@@ -76,14 +76,15 @@ def run_child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def child_ours(work: Path, max_length: int, dtype: str, chunk: int, cache: str, teacher: str = "all-minilm-l6-v2") -> dict:
+def child_ours(work: Path, max_length: int, dtype: str, chunk: int, cache: str, teacher: str = "all-minilm-l6-v2",
+               teacher_dtype: str = "auto", out_name: str = "ours") -> dict:
     from embedpipe.mining.config import MiningConfig, TeacherConfig
     from embedpipe.mining.mine import mine_hard_negatives
 
-    cfg = MiningConfig(teachers=[TeacherConfig(model=teacher, max_length=max_length)], top_k=K,
+    cfg = MiningConfig(teachers=[TeacherConfig(model=teacher, max_length=max_length, dtype=teacher_dtype)], top_k=K,
                        candidates=10 * K, margin=0.95, cache_dtype=dtype, chunk_size=chunk, batch_size=64)
     t0 = time.perf_counter()
-    stats = mine_hard_negatives(work / "records.jsonl", work / "corpus.jsonl", cfg, work / f"ours-{dtype}.jsonl",
+    stats = mine_hard_negatives(work / "records.jsonl", work / "corpus.jsonl", cfg, work / f"{out_name}.jsonl",
                                 cache_dir=cache, show=False)
     wall = time.perf_counter() - t0
     return {"wall_s": round(wall, 2), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -126,17 +127,26 @@ def compare(args) -> None:
     st = run_child(["_st", str(work), str(args.max_length)])
     ours = run_child(["_ours", str(work), str(args.max_length), "fp32", "16384", str(work / "cache")])
     warm = run_child(["_ours", str(work), str(args.max_length), "fp32", "16384", str(work / "cache")])
+    bf16 = run_child(["_ours", str(work), str(args.max_length), "fp16", "16384", str(work / "cache"),
+                      "all-minilm-l6-v2", "bf16", "ours-bf16"])
     st_neg = json.loads((work / "st.json").read_text())
-    ours_neg = {r["query"]: r["negatives"] for r in map(json.loads, (work / "ours-fp32.jsonl").read_text().splitlines())}
-    full = [q for q, negs in ours_neg.items() if len(negs) == K and q in st_neg]
-    same = sum(ours_neg[q] == st_neg[q] for q in full)
+
+    def agreement(name: str) -> tuple[int, int]:
+        ours_neg = {r["query"]: r["negatives"] for r in map(json.loads, (work / f"{name}.jsonl").read_text().splitlines())}
+        full = [q for q, negs in ours_neg.items() if len(negs) == K and q in st_neg]
+        return sum(ours_neg[q] == st_neg[q] for q in full), len(full)
+
+    same, total = agreement("ours")
+    same_bf16, total_bf16 = agreement("ours-bf16")
     print(f"{'':28}{'sentence-transformers':>24}{'embedpipe':>12}{'ratio':>8}")
     print(f"{'wall time, cold (s)':28}{st['wall_s']:>24.1f}{ours['wall_s']:>12.1f}{st['wall_s'] / ours['wall_s']:>7.2f}x")
     print(f"{'wall time, embedpipe warm':28}{'':>24}{warm['wall_s']:>12.1f}{st['wall_s'] / warm['wall_s']:>7.2f}x")
+    print(f"{'wall, embedpipe bf16 teacher':28}{'':>24}{bf16['wall_s']:>12.1f}{st['wall_s'] / bf16['wall_s']:>7.2f}x")
     print(f"{'peak RSS (MB)':28}{st['peak_rss_mb']:>24.0f}{ours['peak_rss_mb']:>12.0f}"
           f"{ours['peak_rss_mb'] / st['peak_rss_mb']:>7.2f}x")
-    print(f"identical negatives: {same}/{len(full)} queries with k negatives in both "
-          f"(ST rows {st['rows']}, embedpipe fewer-than-k {ours['fewer_than_k']})")
+    print(f"identical negatives (fp32 teacher and cache, exact search): {same}/{total} queries with k negatives in "
+          f"both (ST rows {st['rows']}, embedpipe fewer-than-k {ours['fewer_than_k']})")
+    print(f"identical negatives with the bf16 teacher + fp16 cache: {same_bf16}/{total_bf16}")
     print(f"embedpipe time split (cold): {ours['seconds']}")
 
 

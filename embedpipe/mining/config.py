@@ -19,6 +19,7 @@ class TeacherConfig(Section):
     document_prompt: str | None = None
     weight: float = Field(1.0, gt=0)
     max_length: int | None = Field(None, gt=0)  # token limit for this teacher (default: the model's own)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
 
 
 class MiningConfig(Section):

@@ -80,7 +80,8 @@ class Corpus:
         self.text_hash = np.frombuffer(text_hashes, dtype=np.uint64)
         self._id_order = np.argsort(self.id_hash, kind="stable")
         self._text_order = np.argsort(self.text_hash, kind="stable")
-        sorted_ids = self.id_hash[self._id_order]
+        self._id_sorted = sorted_ids = self.id_hash[self._id_order]
+        self._text_sorted = self.text_hash[self._text_order]
         dup = np.nonzero(sorted_ids[1:] == sorted_ids[:-1])[0]
         if dup.size:
             first, second = sorted(self._id_order[dup[0] : dup[0] + 2])
@@ -140,17 +141,16 @@ class Corpus:
 
     def find_ids(self, ids: Sequence[str]) -> np.ndarray:
         """Corpus index of each id, -1 where the id is not in the corpus."""
-        return self._lookup(hash64_array(ids), self.id_hash, self._id_order)
+        return self._lookup(hash64_array(ids), self._id_sorted, self._id_order)
 
     def find_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Index of a document with each text (after stripping), -1 where none has it."""
-        return self._lookup(hash64_array([text_key(t) for t in texts]), self.text_hash, self._text_order)
+        return self._lookup(hash64_array([text_key(t) for t in texts]), self._text_sorted, self._text_order)
 
     @staticmethod
-    def _lookup(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    def _lookup(keys: np.ndarray, sorted_values: np.ndarray, order: np.ndarray) -> np.ndarray:
         if keys.size == 0:
             return np.zeros(0, dtype=np.int64)
-        sorted_values = values[order]
         pos = np.searchsorted(sorted_values, keys)
         pos_clipped = np.minimum(pos, len(sorted_values) - 1)
         found = sorted_values[pos_clipped] == keys

@@ -185,12 +185,15 @@ def mine_hard_negatives(
 ) -> dict:
     """Mine hard negatives for every record; write the records (negatives, their ids and scores filled) to
     ``out_path`` and return the statistics (also printed, and logged to the active MLflow run if any)."""
-    from embedpipe import storage
     from embedpipe.data.schema import iter_records, write_records
 
     t_start = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    corpus = Corpus(storage.local_copy(corpus_path, cache_dir / "downloads"))
+    if "://" in str(corpus_path):  # s3://: random access by byte offset needs a local copy
+        from embedpipe import storage
+
+        corpus_path = storage.local_copy(corpus_path, cache_dir / "downloads")
+    corpus = Corpus(corpus_path)
     t_corpus = time.perf_counter()
     teachers = [load_teacher(t, config.batch_size, config.use_gpu) for t in config.teachers]
     caches = [EmbeddingCache(cache_dir, t, config.cache_dtype) for t in teachers]

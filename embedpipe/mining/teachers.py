@@ -30,6 +30,14 @@ def _device(use_gpu: str) -> str:
     return "cuda" if use_gpu == "auto" and torch.cuda.is_available() else "cpu"
 
 
+def _torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        name = "bf16" if device == "cuda" else "fp32"
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 def weights_fingerprint(path: str) -> str | None:
     """Names, sizes and modification times of a local model's weight files (None for a hub name)."""
     folder = Path(path)
@@ -50,6 +58,7 @@ class Teacher:
         self.path = path
         self.batch_size = batch_size
         self.weight = config.weight
+        self.dtype = None
 
     @property
     def dimension(self) -> int:
@@ -59,7 +68,7 @@ class Teacher:
     def identity(self) -> dict:
         """Everything a document embedding depends on; the chunk cache is keyed by its hash."""
         return {"kind": self.kind, "model": self.path, "document_prompt": self.config.document_prompt,
-                "max_length": self.config.max_length}
+                "max_length": self.config.max_length, "dtype": str(self.dtype)}
 
     @property
     def key(self) -> str:
@@ -101,7 +110,8 @@ class SentenceTransformerTeacher(Teacher):
         super().__init__(config, path, batch_size)
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(path, device=device)
+        self.dtype = _torch_dtype(config.dtype, device)
+        self.model = SentenceTransformer(path, device=device, model_kwargs={"dtype": self.dtype})
         if config.max_length:
             self.model.max_seq_length = config.max_length
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
@@ -137,7 +147,8 @@ class EncoderTeacher(Teacher):
         super().__init__(config, path, batch_size)
         from embedpipe.encoder import Encoder
 
-        self.encoder = Encoder.from_pretrained(path, device=device, max_length=config.max_length)
+        self.dtype = _torch_dtype(config.dtype, device)
+        self.encoder = Encoder.from_pretrained(path, device=device, dtype=self.dtype, max_length=config.max_length)
 
     @property
     def dimension(self) -> int:

@@ -141,7 +141,7 @@ class Leaderboard:
 
         table = Table(title=title)
         table.add_column(RANK, justify="right")
-        table.add_column("Model")
+        table.add_column("Model", overflow="fold")
         for column in (MEAN_TASK, MEAN_TYPE, *self.type_columns):
             table.add_column(column, justify="right")
         for model, row in self.table.iterrows():

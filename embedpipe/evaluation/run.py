@@ -54,8 +54,12 @@ def model_revision(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def mteb_model_name(model_dir: Path, model_name: str | None) -> str:
-    """mteb wants ``org/name``; bare names are put under ``embedpipe/``."""
+def mteb_model_name(model_dir: Path, model_name: str | None, given: str | Path | None = None) -> str:
+    """mteb wants ``org/name``; bare names are put under ``embedpipe/``; packaged aliases keep their public name."""
+    from embedpipe.assets import MINILM
+
+    if model_name is None and given is not None and str(given).lower() == MINILM:
+        return "sentence-transformers/all-MiniLM-L6-v2"
     name = model_name or model_dir.name
     return name if "/" in name else f"embedpipe/{name}"
 
@@ -109,7 +113,7 @@ def evaluate(
 
     path, kind = resolve_model_dir(model_dir)
     revision = model_revision(path)
-    name = mteb_model_name(path, model_name)
+    name = mteb_model_name(path, model_name, model_dir)
     tasks = collect_tasks(config, extra_tasks_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,102 @@
+"""The full pipeline, end to end, on this machine with kfp.local (the same definition as the compiled YAML), on a
+tiny random-initialised Llama; then a re-run that skips every finished step; then the compare output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedpipe.recipe import load_recipe, recipes_dir
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    tree = yaml.safe_load((recipes_dir() / "local.yaml").read_text())
+    tree["name"] = "tiny"
+    tree["model"]["random_init"] = {"hidden_size": 64, "layers": 2}
+    tree["data"]["sources"][0]["max_records"] = 48
+    tree["sdg"]["enabled"] = False  # SDG with real SmolLM2 generation is exercised by the data area's tests
+    tree["mining"]["candidates"] = 16
+    for stage in ("stage1", "stage2"):
+        tree["training"][stage].update(steps=2, batch_size=4, hard_negatives=0, warmup_steps=0)
+    tree["evaluation"]["max_corpus"] = 200
+    tree["pipeline"] = {"artifact_root": str(tmp_path / "runs"), "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.slow
+def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypatch):
+    from embedpipe import tracking
+    from embedpipe.encoder import Encoder
+    from embedpipe.orchestration.local_runner import run_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMBEDPIPE_STEP_CACHE", str(tmp_path / "step-cache"))
+    recipe = load_recipe(tiny_recipe(tmp_path))
+    first = run_local(recipe, run_name="first")
+
+    model = Path(first["model_uri"])
+    assert model.is_dir() and str(model).startswith(str(tmp_path / "runs" / "tiny"))
+    vectors = Encoder.from_pretrained(model).encode(["how do I open a file"])
+    assert vectors.shape == (1, 64)
+    scores = json.loads(Path(first["scores_uri"]).read_text())
+    assert 0.0 <= scores["mean_task"] <= 1.0 and first["scores"]["mean_task"] == scores["mean_task"]
+    manifest = yaml.safe_load(Path(first["manifest"]).read_text())
+    assert manifest["kind"] == "InferenceService"
+    assert first["mlflow_model_uri"].startswith("models:/")
+
+    # MLflow: a parent run with the recipe as params and scores as metrics, a child run per stage-2 variant
+    import mlflow
+
+    tracking.setup(recipe.pipeline.mlflow_tracking_uri)
+    parent = mlflow.get_run(first["mlflow_run_id"])
+    assert parent.data.params["training.stage2.steps"] == "2"
+    assert parent.data.metrics["mean_task"] == pytest.approx(scores["mean_task"])
+    comparison = tracking.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
+                                       metrics=["stage2.final_loss"])
+    assert comparison["runs"] == ["mix-a", "mix-b"]
+    assert comparison["params"]["variant.learning_rate"][1] == "2e-05"
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+
+    # the same inputs again: every step but the (uncached) tracking step comes from the cache
+    second = run_local(recipe, run_name="second")
+    assert second["mlflow_run_id"] != first["mlflow_run_id"]
+    assert second["seconds"] < first["seconds"] / 2
+    assert json.loads(Path(second["scores_uri"]).read_text()) == scores
+    runs = list((tmp_path / "runs" / "kfp").glob("embedpipe-full-*"))
+    second_run = max(runs, key=lambda p: p.stat().st_mtime)
+    assert {p.name for p in second_run.iterdir()} <= {"track-full"}  # no step but tracking ran again
+
+
+def test_preflight_reports_every_problem_before_running(tmp_path):
+    from embedpipe.orchestration.local_runner import run_local
+    from embedpipe.orchestration.preflight import PreflightError
+
+    path = tiny_recipe(tmp_path)
+    tree = yaml.safe_load(path.read_text())
+    tree["data"]["sources"].append({"name": "mine", "kind": "jsonl", "path": str(tmp_path / "missing.jsonl")})
+    tree["pipeline"]["mlflow_tracking_uri"] = "http://127.0.0.1:9"
+    tree["pipeline"]["artifact_root"] = "s3://bucket/runs"
+    tree["pipeline"]["s3_endpoint"] = "127.0.0.1:9"
+    tree["pipeline"]["s3_secure"] = False
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(PreflightError) as err:
+        run_local(load_recipe(path), base=tmp_path)
+    message = str(err.value)
+    assert "3 problems" in message
+    assert f"data.sources[2] (mine).path: {tmp_path / 'missing.jsonl'} does not exist" in message
+    assert "S3 endpoint http://127.0.0.1:9 is not usable for s3://bucket/runs" in message
+    assert "MLflow server http://127.0.0.1:9 is not reachable" in message
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_unknown_step_option_is_a_recipe_error(tmp_path):
+    from embedpipe.recipe import RecipeError
+
+    path = tiny_recipe(tmp_path)
+    with pytest.raises(RecipeError, match=r"mining.top_kk: Extra inputs are not permitted"):
+        load_recipe(path, ["mining.top_kk=3"])

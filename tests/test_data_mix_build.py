@@ -152,3 +152,28 @@ def test_combine_records_adds_synthetic_and_decontaminates(tmp_path):
                               eval_dir=eval_dir)
     assert summary["duplicates_dropped"] == 1 and summary["decontamination"]["by_source"] == {"synthetic": 1}
     assert len(read_records(tmp_path / "all.jsonl")) == 3
+
+
+def test_mteb_benchmark_texts_are_collected_up_to_the_hub(monkeypatch):
+    """A benchmark name resolves through mteb; each task's loaded data (nested datasets) gives its texts."""
+    import datasets
+    import mteb
+
+    from embedpipe.data.decontaminate import collect_eval_texts
+
+    class FakeTask:
+        def load_data(self):
+            self.dataset = {"default": {"test": {
+                "corpus": datasets.Dataset.from_dict({"id": ["d1"], "text": ["Aspirin reduces fever in adults."]}),
+                "queries": datasets.Dataset.from_dict({"id": ["q1"], "text": ["does aspirin reduce fever"]}),
+                "relevant_docs": {"q1": {"d1": 1}}}}}
+
+    seen = []
+    monkeypatch.setattr(mteb, "get_benchmark", lambda name: seen.append(name) or type("B", (), {"tasks": [FakeTask()]})())
+    sets = collect_eval_texts(["MTEB(Multilingual, v2)"])
+    assert seen == ["MTEB(Multilingual, v2)"]
+    assert sets["MTEB(Multilingual, v2)"] == {normalise("Aspirin reduces fever in adults."),
+                                             normalise("does aspirin reduce fever")}
+    kept, report = decontaminate([Record(id="x", query="Does aspirin reduce fever?", positives=["p doc"], source="nq")],
+                                 sets)
+    assert kept == [] and report["by_source"] == {"nq": 1}

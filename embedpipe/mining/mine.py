@@ -149,6 +149,7 @@ class _Miner:
                 "negative_scores": [round(float(s), 6) for s in neg_scores],
                 "positive_scores": [round(float(s), 6) for s in record_pos],
             }))
+        stats.flush()
         return out
 
     def _score_union(self, per_teacher_ids: list[np.ndarray], queries: list[np.ndarray]):

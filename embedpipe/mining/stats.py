@@ -62,6 +62,7 @@ class MiningStats:
         self.positive = Distribution()
         self.negative = Distribution()
         self.difference = Distribution(-2.0, 2.0, 4000)
+        self._pending: tuple[list, list, list] = ([], [], [])
 
     def missing(self, record_id: str, skipped: bool) -> None:
         if skipped:
@@ -74,14 +75,24 @@ class MiningStats:
     def chosen(self, positive_score: float, negative_scores: np.ndarray, choice) -> None:
         self.records_out += 1
         self.negatives_per_record[len(negative_scores)] += 1
-        self.positive.add([positive_score])
-        self.negative.add(negative_scores)
-        self.difference.add(positive_score - np.asarray(negative_scores))
+        pos, neg, diff = self._pending  # histogrammed once per block by flush(): cheap per record
+        pos.append(positive_score)
+        neg.append(np.asarray(negative_scores, dtype=np.float64))
+        diff.append(positive_score - neg[-1])
         self.excluded["positive"] += choice.excluded_positive
         self.excluded["duplicate_text"] += choice.excluded_duplicate
         self.excluded["margin"] += choice.excluded_margin
 
+    def flush(self) -> None:
+        pos, neg, diff = self._pending
+        if pos:
+            self.positive.add(pos)
+            self.negative.add(np.concatenate(neg))
+            self.difference.add(np.concatenate(diff))
+        self._pending = ([], [], [])
+
     def to_dict(self) -> dict:
+        self.flush()
         fewer = sum(n for k, n in self.negatives_per_record.items() if k < self.top_k)
         return {
             "records_in": self.records_in,

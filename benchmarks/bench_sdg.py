@@ -2,11 +2,12 @@
 
 - transformers (SmolLM2-135M-Instruct, CPU): embedpipe's SDG (batched, chat template, stop at end of line, parsing,
   shards) vs the reference ``transformers.pipeline("text-generation")`` on the same chat prompts, one at a time.
-- openai (an OpenAI-compatible server on 127.0.0.1 answering instantly): embedpipe's SDG (``batch_size`` requests
-  in flight, parsing, shards) vs the reference plain ``openai`` client loop over the same prompts. This measures the
-  SDG machinery, not a model.
+- openai (an OpenAI-compatible server on 127.0.0.1, in its own process, answering after ``--latency-ms`` like a
+  served model would): embedpipe's SDG (``batch_size`` requests in flight, parsing, shards) vs the reference plain
+  ``openai`` client loop over the same prompts. This measures the SDG machinery and its concurrency, not a model.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_sdg.py [--n 16] [--max-new-tokens 48] [--threads 1] [--n-openai 400]
+                                                    [--latency-ms 50]
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,7 +83,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    latency = 0.0
+
     def do_POST(self):  # noqa: N802
+        time.sleep(self.latency)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][-1]["content"]
         passage = prompt.split("Passage:", 1)[-1].split()
@@ -99,14 +102,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def bench_openai(tmp: Path, n: int) -> dict:
+def _serve(port_queue, latency: float) -> None:
+    _Handler.latency = latency
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def bench_openai(tmp: Path, n: int, latency_ms: float) -> dict:
+    import multiprocessing
+
     from openai import OpenAI
 
     from embedpipe.data.sdg import generate_synthetic, load_seed_corpus, plan, render
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    ctx = multiprocessing.get_context("spawn")
+    ports = ctx.Queue()
+    server = ctx.Process(target=_serve, args=(ports, latency_ms / 1000), daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{ports.get(timeout=60)}/v1"
     try:
         sdg = {"tasks": ["query_generation"], "records_per_task": n, "shard_size": 64, "consistency_top_k": None,
                "generators": [{"name": "srv", "backend": "openai", "model": "m", "base_url": url, "batch_size": 8}]}
@@ -123,9 +137,9 @@ def bench_openai(tmp: Path, n: int) -> dict:
                  .choices[0].message.content for p in prompts]
         reference = time.perf_counter() - started
     finally:
-        server.shutdown()
-        server.server_close()
-    return {"backend": "openai (local instant server)", "items": n, "records": summary["records"],
+        server.terminate()
+        server.join()
+    return {"backend": f"openai (local server, {latency_ms:g} ms/answer)", "items": n, "records": summary["records"],
             "seconds": round(ours, 2), "records_per_s": round(summary["records"] / ours, 1),
             "reference": "plain openai client loop", "reference_seconds": round(reference, 2),
             "reference_items_per_s": round(len(texts) / reference, 1), "speedup": round(reference / ours, 2)}
@@ -137,9 +151,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--n-openai", type=int, default=400)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [bench_openai(Path(tmp), args.n_openai),
+        rows = [bench_openai(Path(tmp), args.n_openai, args.latency_ms),
                 bench_transformers(Path(tmp), args.n, args.max_new_tokens, args.threads)]
     for row in rows:
         print(json.dumps(row))

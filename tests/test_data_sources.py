@@ -191,3 +191,21 @@ def test_hub_names_map_to_the_paper_sets_layouts(monkeypatch):
 
     for name, (layout, _, _) in HF_DATASETS.items():
         assert layout in LAYOUTS, name
+
+
+def test_multilingual_sets_load_every_language_config(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append(name)
+        return datasets.Dataset.from_list([{"query_id": "1", "query": f"query in {name}",
+                                            "positive_passages": [{"docid": f"{name}-7", "title": "", "text": f"doc {name}"}],
+                                            "negative_passages": []}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    got = load_source(SourceConfig(name="mrtydi", kind="hf", path="castorini/mr-tydi", language="multilingual"))
+    assert calls[:2] == ["arabic", "bengali"] and len(calls) == 11
+    assert {r.language for r in got.records} == {"ar", "bn", "en", "fi", "id", "ja", "ko", "ru", "sw", "te", "th"}
+    assert len({r.id for r in got.records}) == 11

@@ -283,9 +283,30 @@ def _open_hf(path: str, subset: str | None, split: str):
     return datasets.load_dataset(path, subset, split=split)
 
 
+# Multilingual sets: with ``language: multilingual`` and no ``subset``, every language config is loaded
+# (config name -> ISO code kept on each record).
+MULTILINGUAL_SUBSETS: dict[str, dict[str, str]] = {
+    "miracl/miracl": {c: c for c in ("ar", "bn", "de", "en", "es", "fa", "fi", "fr", "hi", "id", "ja", "ko", "ru",
+                                     "sw", "te", "th", "yo", "zh")},
+    "castorini/mr-tydi": {"arabic": "ar", "bengali": "bn", "english": "en", "finnish": "fi", "indonesian": "id",
+                          "japanese": "ja", "korean": "ko", "russian": "ru", "swahili": "sw", "telugu": "te",
+                          "thai": "th"},
+}
+
+
 def load_hf(source: SourceConfig) -> Loaded:
     """A Hugging Face dataset (hub name or ``save_to_disk`` folder) through its column layout."""
     name = source.path or source.name
+    if source.subset is None and source.language == "multilingual" and name in MULTILINGUAL_SUBSETS:
+        out = Loaded()
+        for subset, code in MULTILINGUAL_SUBSETS[name].items():
+            part = load_hf(source.model_copy(update={"subset": subset, "language": code,
+                                                     "name": source.name}))
+            for record in part.records:
+                out.records.append(record.model_copy(update={"id": f"{source.name}-{code}-{record.id.rsplit('-', 1)[-1]}"}))
+            out.documents.update(part.documents)
+            out.dropped.update(part.dropped)
+        return out
     known = HF_DATASETS.get(name)
     subset = source.subset if source.subset is not None else (known[1] if known else None)
     layout_name = source.layout or (known[0] if known else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,11 +66,24 @@ def same_weights(a: Path, b: Path, atol: float = 0.0) -> bool:
 
 
 def launch(args: list[str], env_extra: dict | None = None, nproc: int = 1, timeout: int = 240):
+    """Run the launcher (or torchrun over it) in its own process group: a hung run is killed whole, workers too."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "embedpipe.training.launch"] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
          "-m", "embedpipe.training.launch"]
-    return subprocess.run(cmd + args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return run_group(cmd + args, env, timeout)
+
+
+def run_group(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def launch_args(records, init, out, *sets, checkpoint=None, summary=None):
@@ -173,10 +187,10 @@ def test_deepspeed_zero3_trains_and_its_checkpoint_consolidates(tiny_encoder, re
 
     sets = ["training.backend=deepspeed", "training.deepspeed_config=configs/deepspeed/zero3.json",
             "training.stage1.checkpoint_every=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", DEEPSPEED_NO_SHM] + launch_args(
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = run_group([sys.executable, "-c", DEEPSPEED_NO_SHM] + launch_args(
         records, tiny_encoder, tmp_path / "ds", *sets, checkpoint=tmp_path / "ck", summary=tmp_path / "s.json"),
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     ds = json.loads((tmp_path / "s.json").read_text())
     torch_run, plain = stage1_run

@@ -111,8 +111,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
         read_records(tmp_path / "nope.jsonl")
 
 
-def test_s3_round_trip(tmp_path, monkeypatch):
-    """Records written to and read from s3:// through embedpipe.storage (moto's S3 server on 127.0.0.1)."""
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 (a real S3-protocol peer for embedpipe.storage)."""
     moto_server = pytest.importorskip("moto.server")
     import socket
 
@@ -121,15 +122,35 @@ def test_s3_round_trip(tmp_path, monkeypatch):
         port = sock.getsockname()[1]
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    try:
-        monkeypatch.setenv("EMBEDPIPE_S3_ENDPOINT", f"127.0.0.1:{port}")
-        monkeypatch.setenv("EMBEDPIPE_S3_SECURE", "false")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
-        records = [Record(**GOOD), Record(id="r2", query="q2", positives=["p"])]
-        for name in ("records.jsonl", "records.parquet"):
-            write_records(records, f"s3://data-test/run1/{name}")
-            assert read_records(f"s3://data-test/run1/{name}") == records
-    finally:
-        server.stop()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("EMBEDPIPE_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("EMBEDPIPE_S3_SECURE", "false")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def test_s3_round_trip(s3_env):
+    """Records written to and read from s3:// through embedpipe.storage."""
+    records = [Record(**GOOD), Record(id="r2", query="q2", positives=["p"])]
+    for name in ("records.jsonl", "records.parquet"):
+        write_records(records, f"s3://data-test/run1/{name}")
+        assert read_records(f"s3://data-test/run1/{name}") == records
+
+
+def test_build_to_s3(s3_env, tmp_path):
+    """The data build publishes its whole folder (records, corpus, eval tasks, manifest) to an s3:// prefix."""
+    from embedpipe import storage
+    from embedpipe.data.build import build_training_data
+    from embedpipe.recipe import load_recipe, recipes_dir
+
+    manifest = build_training_data(load_recipe(recipes_dir() / "local.yaml"), "s3://data-test/build1")
+    local = storage.download("s3://data-test/build1", tmp_path / "copy")
+    assert len(read_records(local / "records.jsonl")) == manifest["records"] > 0
+    assert json.loads((local / "eval" / "tasks.json").read_text())[0]["name"] == "PydocRetrieval"
+    assert (local / "eval" / "pydoc-retrieval" / "qrels" / "test.tsv").is_file()

@@ -136,6 +136,9 @@ def test_build_decontaminates_against_a_named_eval_set_and_counts_drops(tmp_path
     assert manifest["dropped"] == {"qa": {"empty_text": 1}}
     corpus = (tmp_path / "out" / "corpus.jsonl").read_text()
     assert "keys to values" not in corpus  # the eval document left the mining corpus too
+    strict = _recipe(tmp_path, [{"name": "qa", "kind": "jsonl", "path": str(train)}], lenient=False)
+    with pytest.raises(ValueError, match=r"source 'qa'.*'empty_text': 1"):
+        build_training_data(strict, tmp_path / "strict")
 
 
 def test_combine_records_adds_synthetic_and_decontaminates(tmp_path):

@@ -68,6 +68,9 @@ def _load_all(recipe, eval_dir: Path) -> tuple[dict[str, Loaded], list[dict]]:
         else:
             loaded[source.name] = load_source(source, lenient=recipe.data.lenient)
         got = loaded.get(source.name)
+        if got is not None and got.dropped and not recipe.data.lenient:
+            raise ValueError(f"source {source.name!r} ({source.path or source.kind}) has rows that do not convert: "
+                             f"{dict(got.dropped)}; fix them or set data.lenient: true to drop and count them")
         if got is not None:
             log.info("source %s: %d records, %d documents (%.1fs)%s", source.name, len(got.records),
                      len(got.documents), time.perf_counter() - started,

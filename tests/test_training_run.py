@@ -287,3 +287,38 @@ def test_cli_train_then_consolidate(tiny_encoder, records, tmp_path):
     bad = CliRunner().invoke(app, ["train", "stage2", "--records", str(records), "--init-model", str(tiny_encoder),
                                    "--out", str(tmp_path / "x"), "--recipe", str(RECIPE), "--variant", "mix-z"])
     assert bad.exit_code != 0 and "no stage-2 variant 'mix-z'" in bad.output
+
+
+@pytest.fixture
+def s3_env(monkeypatch):
+    """moto's S3 server on 127.0.0.1 (embedpipe.storage reads the endpoint from the environment)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for key, value in {"EMBEDPIPE_S3_ENDPOINT": f"127.0.0.1:{port}", "EMBEDPIPE_S3_SECURE": "false",
+                       "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    yield
+    server.stop()
+
+
+def test_checkpoints_and_export_on_s3_resume_to_identical_weights(s3_env, tiny_encoder, records, tmp_path):
+    from embedpipe import storage
+
+    recipe = load_recipe(RECIPE, SMALL + ["training.stage1.checkpoint_every=2"])
+    first = train_stage(recipe, "stage1", records, tiny_encoder, "s3://runs/first", checkpoint_dir="s3://runs/ckpt")
+    assert first["start_step"] == 0
+    assert json.loads(storage.read_text("s3://runs/ckpt/latest.json"))["step"] == 2
+    # a second run on the same checkpoint prefix resumes at step 2 and ends where the first one ended
+    again = train_stage(recipe, "stage1", records, tiny_encoder, "s3://runs/again", checkpoint_dir="s3://runs/ckpt")
+    assert again["start_step"] == 2 and again["resumed_from"] == "step-00000002"
+    a = storage.download("s3://runs/first", tmp_path / "first")
+    b = storage.download("s3://runs/again", tmp_path / "again")
+    assert same_weights(a, b)

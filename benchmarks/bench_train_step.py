@@ -2,6 +2,7 @@
 and lengths (CPU). MNRL also scores in-batch candidates, so only step time is compared, not the loss.
 
     python benchmarks/bench_train_step.py --batch 16 --steps 3
+    python benchmarks/bench_train_step.py --mfu --shape llama-3.2-1b --batch 32 --steps 5   # on a GPU: tokens/s, MFU
 
 Both sides: SmolLM2-135M made bidirectional (the same encoder export, loaded by sentence-transformers through its
 modules.json), (instructed query, positive, 1 hard negative) triples from SciFact (or Python's docs when
@@ -44,13 +45,100 @@ def triples(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return [(f"What is {t}?", topics[t], topics[rng.choice(names)]) for t in picked]
 
 
+SHAPES = {  # random-initialised bidirectional Llamas for the throughput / MFU mode
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True),
+}
+
+
+def mfu(args) -> None:
+    """Tokens/s and MFU of our training step on a random-initialised Llama-shaped encoder: every text exactly
+    ``--seq`` tokens, ``--negatives`` hard negatives, bf16 on GPU, gradient checkpointing as the 8B recipe."""
+    import torch
+
+    from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalConfig, LlamaBidirectionalModel
+    from embedpipe.recipe import load_recipe
+    from embedpipe.training import tracking
+    from embedpipe.training.backends import make_backend
+    from embedpipe.training.data import Examples
+    from embedpipe.training.losses import build_loss
+    from embedpipe.training.run import micro_batch_loss
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    config = LlamaBidirectionalConfig(**SHAPES[args.shape], max_position_embeddings=max(2048, args.seq))
+    config._attn_implementation = "sdpa"
+    model = LlamaBidirectionalModel(config)
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    recipe = load_recipe(REPO / "recipes" / "local.yaml", {"training.stage2.batch_size": args.batch,
+                                                           "training.stage2.warmup_steps": 0})
+    stage = recipe.training.stage2
+    bf16 = device.type == "cuda"
+    micro = args.micro or args.batch
+    backend = make_backend("torch", model, stage, recipe.training, device, 0, 1, args.batch // micro, bf16, micro)
+    loss_fn = build_loss("hard_negative_infonce", 0.02)
+    k, n = args.negatives, args.batch
+    gen = torch.Generator().manual_seed(1)
+
+    def ids():
+        return torch.randint(10, config.vocab_size, (args.seq,), generator=gen).tolist()
+
+    ex = Examples([ids() for _ in range(n)], [[ids() for _ in range(k + 1)] for _ in range(n)],
+                  [f"q{i}" for i in range(n)], [[f"d{i}-{j}" for j in range(k + 1)] for i in range(n)],
+                  [False] * n, [str(i) for i in range(n)])
+    times, tokens = [], 0
+    for step in range(args.steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        real = 0
+        for m in range(0, n, micro):
+            loss, r, _ = micro_batch_loss(backend, loss_fn, ex, list(range(m, m + micro)), k, 0, device,
+                                          args.max_tokens)
+            backend.backward(loss)
+            real += r
+        backend.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step:  # the first step warms up kernels and allocates optimizer state
+            times.append(time.perf_counter() - t0)
+            tokens += real
+    seconds = sum(times)
+    tps = tokens / seconds
+    flops = tracking.train_flops_per_token(config, args.seq)
+    peak = tracking.peak_flops(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\n{args.shape} ({params / 1e9:.2f} B params) bidirectional, {n} queries x (1 + 1 + {k}) texts x "
+          f"{args.seq} tokens, {'bf16' if bf16 else 'fp32'}, checkpointing {args.checkpointing}, on {name}")
+    print(f"step {statistics.median(times):.3f} s, {tps:,.0f} tokens/s, {flops * tps / 1e12:.1f} TFLOP/s"
+          + (f", MFU {flops * tps / peak:.1%} (peak {peak / 1e12:.0f} TFLOP/s bf16 dense)" if peak else ""))
+    if device.type == "cuda":
+        print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    print(json.dumps({"shape": args.shape, "tokens_per_s": tps, "tflops": flops * tps / 1e12,
+                      "mfu": flops * tps / peak if peak else None, "step_s": statistics.median(times)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mfu", action="store_true", help="throughput/MFU mode on a random Llama shape (GPU)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-3.2-1b")
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--negatives", type=int, default=4)
+    parser.add_argument("--micro", type=int, default=None)
+    parser.add_argument("--max-tokens", type=int, default=65536)
+    parser.add_argument("--checkpointing", action="store_true")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--max-query", type=int, default=64)
     parser.add_argument("--max-doc", type=int, default=128)
     args = parser.parse_args()
+    if args.mfu:
+        return mfu(args)
 
     import torch
     from sentence_transformers import SentenceTransformer

@@ -256,6 +256,7 @@ def test_cross_model_two_step_generation_for_every_task(tmp_path, llm_server):
     assert {r.task_type for r in records} == {"retrieval", "sts", "bitext"}
     assert {r.language for r in records if r.task_type == "sts"} == {"en", "fr"}
     assert summary["by_task"]["bitext"] > 0
+    assert summary["items"] == 18 == summary["parsed"] + sum(summary["rejected"].values())
 
 
 def test_interrupted_run_resumes_and_gives_the_same_records(tmp_path, llm_server):

@@ -264,6 +264,7 @@ def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, sourc
     second = generators[config.second_step_generator] if config.second_step_generator else first
     generator_label = first.name if second is first else f"{first.name}>{second.name}"
     items = shard.items
+    stats["items"] = len(items)  # = parsed + every rejection (step one's included)
     instructions: dict[str, str] = {}
     if shard.task in TWO_STEP:  # step one: brainstorm tasks; each item then draws one of its list
         prompts = [render(TWO_STEP[shard.task], **it.params) for it in items]
@@ -459,8 +460,9 @@ def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Pa
         records, consistency = consistency_filter(records, corpus, config.teacher, config.consistency_top_k)
     summary.update({
         "complete": complete, "shards": len(shards), "shards_done": len(done), "shards_skipped": skipped,
-        "shards_generated": new, "parsed": parse_stats.get("parsed", 0), "generated": parse_stats.get("generated", 0),
-        "rejected": {k: v for k, v in parse_stats.items() if k not in ("parsed", "generated")},
+        "shards_generated": new, "items": parse_stats.get("items", 0), "parsed": parse_stats.get("parsed", 0),
+        "generated": parse_stats.get("generated", 0),
+        "rejected": {k: v for k, v in parse_stats.items() if k not in ("parsed", "generated", "items")},
         "duplicates": duplicates, "consistency": consistency, "records": len(records),
         "by_generator": dict(Counter(r.generator for r in records)), "by_task": dict(Counter(r.task_type for r in records)),
         "by_language": dict(Counter(r.language for r in records)),

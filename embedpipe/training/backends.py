@@ -29,10 +29,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model, stage, training) -> torch.optim.Optimizer:
+def make_optimizer(model, stage, training, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW; ``fused`` (one kernel over all parameters) for plain tensors, the per-tensor loop for sharded ones."""
     return torch.optim.AdamW(param_groups(model, stage.weight_decay), lr=stage.learning_rate,
                              betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_epsilon,
-                             foreach=False)
+                             **({"fused": True} if fused else {"foreach": False}))
 
 
 def make_scheduler(optimizer, stage):
@@ -131,7 +132,7 @@ class TorchBackend(Backend):
             self.module = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
         else:
             self.module = self.model
-        self.optimizer = make_optimizer(self.model, stage, training)
+        self.optimizer = make_optimizer(self.model, stage, training, fused=True)
         self.scheduler = make_scheduler(self.optimizer, stage)
 
     def no_sync(self):

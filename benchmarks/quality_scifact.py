@@ -124,11 +124,24 @@ def main() -> None:
     mine_stats = mine_hard_negatives(out / "records.jsonl", out / "corpus.jsonl", mining, out / "mined.jsonl",
                                      cache_dir=out / "mining-cache", show=False)
     mining_s = time.perf_counter() - t0
+    from embedpipe.data.schema import read_records
+
+    mined = read_records(out / "mined.jsonl")
+    usable = [r for r in mined if len(r.negatives) >= args.negatives]
+    dropped = len(mined) - len(usable)  # the margin filter can leave a record without negatives: counted, not hidden
+    write_records(usable, out / "train.jsonl")
+    print(f"mined {len(mined)} records; {dropped} dropped with fewer than {args.negatives} negatives", flush=True)
 
     base = out / "smollm2-encoder"
     if not (base / "embedpipe.json").exists():
         convert_checkpoint(ensure_base_checkpoint(), base, max_length=args.max_doc, query_max_length=args.max_query)
-    before = ndcg_at_10(base, corpus, queries, test_qrels, args.max_doc, args.max_query)
+    key = json.dumps([len(corpus), sorted(by_id)[:5], args.max_doc, args.max_query])
+    cached = out / "before.json"
+    if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+        before = json.loads(cached.read_text())["result"]  # the untrained model's score does not change
+    else:
+        before = ndcg_at_10(base, corpus, queries, test_qrels, args.max_doc, args.max_query)
+        cached.write_text(json.dumps({"key": key, "result": before}))
     print(f"before: {before}", flush=True)
 
     recipe = load_recipe(REPO / "recipes" / "local.yaml", {
@@ -137,7 +150,7 @@ def main() -> None:
         "training.stage1.hard_negatives": args.negatives, "training.stage1.max_query_length": args.max_query,
         "training.stage1.max_document_length": args.max_doc, "training.stage1.log_every": 10})
     t0 = time.perf_counter()
-    summary = train_stage(recipe, "stage1", out / "mined.jsonl", base, out / "trained")
+    summary = train_stage(recipe, "stage1", out / "train.jsonl", base, out / "trained")
     train_s = time.perf_counter() - t0
     after = ndcg_at_10(out / "trained", corpus, queries, test_qrels, args.max_doc, args.max_query)
 
@@ -145,6 +158,7 @@ def main() -> None:
               "train": {k: summary[k] for k in ("steps", "batch_size", "records", "hard_negatives", "loss",
                                                 "first_loss", "final_loss", "mean_tokens_per_s", "padding_fraction")},
               "train_seconds": round(train_s, 1), "mining_seconds": round(mining_s, 1),
+              "records_dropped_without_negatives": dropped,
               "mining": {k: v for k, v in mine_stats.items() if isinstance(v, (int, float, str))},
               "args": {k: str(v) for k, v in vars(args).items()}}
     (out / "quality_scifact.json").write_text(json.dumps(result, indent=2))

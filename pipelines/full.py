@@ -44,7 +44,8 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
         with dsl.ParallelFor(plan.output, name="stage2-runs") as variant:
             stage2 = train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant)
             stage2.set_display_name("stage 2")
-        merged = on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"])),
+        merged = on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
+                               data=data.outputs["data"]),
                         settings, "8", "64Gi").set_display_name("merge")
         scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"], data=data.outputs["data"]),
                          settings, 1).set_display_name("MTEB evaluation")

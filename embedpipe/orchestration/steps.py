@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,19 @@ def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model
 
 
 @timed
-def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike) -> dict:
-    """Average the stage-2 checkpoints (the recipe's merge method and weights)."""
-    from embedpipe.merging.merge import merge_checkpoints
+def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
+          data_dir: str | os.PathLike | None = None) -> dict:
+    """Merge the stage-2 checkpoints by the recipe's method: uniform, weighted, or greedy soup (which scores each
+    candidate soup by Mean(Task) on the data step's held-out tasks plus the recipe's evaluation tasks)."""
+    from embedpipe.merging.soup import evaluation_scorer, merge_with_config
 
-    return merge_checkpoints(model_dirs, Path(out_dir), weights=recipe.merge.weights, shard_size=recipe.merge.shard_size)
+    scorer = None
+    if recipe.merge.method == "greedy_soup":
+        eval_dir = Path(data_dir) / "eval" if data_dir else None
+        tasks_dir = eval_dir if eval_dir and (eval_dir / "tasks.json").is_file() else None
+        scorer = evaluation_scorer(recipe.evaluation, tasks_dir, tempfile.mkdtemp(prefix="embedpipe-soup-"),
+                                   cache_dir=step_cache_dir() / "evaluation")
+    return merge_with_config(recipe.merge, model_dirs, Path(out_dir), scorer=scorer)
 
 
 @timed

@@ -252,6 +252,17 @@ def test_records_with_too_few_negatives_are_refused_before_any_step(tiny_encoder
     assert not (tmp_path / "out").exists()
 
 
+def test_short_records_can_be_dropped_and_are_counted(tiny_encoder, tmp_path):
+    path = tmp_path / "short.jsonl"
+    rows = make_records(8, negatives=4)
+    rows[5]["negatives"] = rows[5]["negatives"][:2]
+    rows[6]["negatives"] = []
+    write_records(rows, path)
+    recipe = load_recipe(RECIPE, SMALL + ["training.stage2.short_records=drop", "training.stage2.steps=1"])
+    summary = train_stage(recipe, "stage2", path, tiny_encoder, tmp_path / "out")
+    assert summary["dropped_short_records"] == 2 and summary["records"] == 6
+
+
 def test_empty_text_is_refused_with_file_and_line(tiny_encoder, tmp_path):
     path = tmp_path / "empty.jsonl"
     rows = make_records(4)

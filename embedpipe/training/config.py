@@ -32,6 +32,9 @@ class StageConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)  # gradient clipping (None: off; the norm is still logged)
     max_tokens_per_forward: int = Field(16384, gt=0)  # padded tokens per forward chunk (length-sorted packing)
     log_every: int = Field(1, gt=0)
+    # records the miner left with fewer than `hard_negatives` negatives: "error" stops before any step (the default),
+    # "drop" leaves them out of this stage, counted in the summary and the log
+    short_records: Literal["error", "drop"] = "error"
 
 
 class TrainingConfig(Section):

@@ -187,6 +187,14 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     model, tokenizer, init_meta = load_init_model(init_model)
     records = load_stage_records(recipe, stage, records_path, stage_cfg, variant)
     k = stage_cfg.hard_negatives
+    dropped_short = 0
+    if stage_cfg.short_records == "drop":
+        kept = [r for r in records if len(r.negatives) >= k]
+        dropped_short = len(records) - len(kept)
+        if dropped_short and rank == 0:
+            log.warning("%s: dropped %d of %d records with fewer than %d hard negatives (short_records: drop)",
+                        records_path, dropped_short, len(records), k)
+        records = kept
     examples = build_examples(records, tokenizer, k, stage_cfg.max_query_length, stage_cfg.max_document_length,
                               source=str(records_path))
     if examples.truncated and rank == 0:
@@ -259,7 +267,8 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
 
     state = backend.full_state_dict()
     summary = {"stage": stage, "stage_name": stage_cfg.name, "steps": stage_cfg.steps, "start_step": start_step,
-               "resumed_from": resumed_from, "records": len(examples), "hard_negatives": k, "loss": training.loss,
+               "resumed_from": resumed_from, "records": len(examples), "dropped_short_records": dropped_short,
+               "hard_negatives": k, "loss": training.loss,
                "backend": training.backend, "world_size": world_size, "batch_size": stage_cfg.batch_size,
                "micro_batch_size": micro, "accumulation": accumulation, "bf16": bf16,
                "init_model": str(init_model), "out_dir": str(out_dir), "truncated_texts": examples.truncated,

@@ -246,7 +246,7 @@ def test_records_with_too_few_negatives_are_refused_before_any_step(tiny_encoder
     rows = make_records(8, negatives=4)
     rows[5]["negatives"] = rows[5]["negatives"][:2]
     write_records(rows, path)
-    recipe = load_recipe(RECIPE, SMALL)
+    recipe = load_recipe(RECIPE, SMALL + ["training.stage2.short_records=error"])  # local.yaml drops them
     with pytest.raises(TrainingDataError, match=r"record 'pydoc-5' .* has 2 hard negative\(s\), the stage needs 4"):
         train_stage(recipe, "stage2", path, tiny_encoder, tmp_path / "out")
     assert not (tmp_path / "out").exists()

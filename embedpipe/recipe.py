@@ -37,6 +37,7 @@ class PipelineConfig(Section):
     gpu_accelerator: str = "nvidia.com/gpu"
     register_model_name: str | None = None
     runner: Literal["local", "kfp"] = "local"
+    stage2_parallelism: int = Field(0, ge=0)  # stage-2 runs at once (0: all); 1 on a laptop bounds memory
     gpu_tolerations: list[Toleration] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     )

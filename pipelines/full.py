@@ -41,7 +41,7 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                         settings, 1).set_display_name("hard-negative mining")
         stage1 = train1(recipe_json, mined.outputs["records"]).set_display_name("stage 1")
         plan = on_cpu(plan_variants(recipe_json=recipe_json), settings, "1", "1Gi").set_display_name("stage-2 runs")
-        with dsl.ParallelFor(plan.output, name="stage2-runs") as variant:
+        with dsl.ParallelFor(plan.output, name="stage2-runs", parallelism=settings.stage2_parallelism) as variant:
             stage2 = train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant)
             stage2.set_display_name("stage 2")
         merged = on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),

@@ -17,6 +17,7 @@ class ClusterSettings:
     multi_node: bool = False
     s3_secret: str = "embedpipe-s3"
     mlflow_secret: str = "embedpipe-mlflow"
+    stage2_parallelism: int = 0
 
     @classmethod
     def from_recipe(cls, recipe) -> "ClusterSettings":
@@ -29,6 +30,7 @@ class ClusterSettings:
             multi_node=recipe.training.nodes > 1,
             s3_secret=p.s3_secret,
             mlflow_secret=p.mlflow_secret,
+            stage2_parallelism=p.stage2_parallelism,
         )
 
 

@@ -59,3 +59,21 @@ def minilm_path() -> Path:
 
 def needs_scifact():
     return pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason="../shared/data/scifact is absent")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_state():
+    """MLflow keeps the active experiment id in a module global and in ``MLFLOW_EXPERIMENT_ID`` (``set_experiment``
+    sets both); a test that chose an experiment on one store must not leave that id behind for a test that opens a run
+    on another store."""
+    import mlflow.tracking.fluent as fluent
+
+    def reset():
+        while fluent.active_run() is not None:
+            fluent.end_run()
+        fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+    reset()
+    yield
+    reset()

@@ -36,7 +36,8 @@ def test_parent_and_child_runs_and_compare(store, tmp_path):
     experiment = mlflow.get_experiment_by_name("embedpipe-local")
     children = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2
-    assert set(children["params.training.stage1.learning_rate"]) == {"2e-05"}  # the recipe flattened into params
+    # the recipe flattened into params
+    assert set(children["params.training.stage1.learning_rate"]) == {str(recipe.training.stage1.learning_rate)}
     assert set(children["metrics.tasks.pydoc-heldout.ndcg_at_10"]) == {0.41, 0.47}
     child_id = children["run_id"][0]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(child_id, "training/stage2")}

@@ -88,7 +88,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _set_override(tree: dict, dotted: str, value: Any) -> None:
+def set_override(tree: dict, dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -109,17 +109,23 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | list[str] | None =
         raise RecipeError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(tree).__name__}")
+    return recipe_from_tree(tree, overrides, origin=str(path))
+
+
+def recipe_from_tree(tree: dict, overrides: dict[str, Any] | list[str] | None = None, origin: str = "recipe") -> Recipe:
+    """Apply ``section.key`` overrides to a parsed recipe and validate it; errors name ``origin`` and the key."""
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
     for key, value in items:
-        _set_override(tree, key, value)
+        set_override(tree, key, value)
     try:
         return Recipe.model_validate(tree)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
             for e in err.errors()
         )
-        raise RecipeError(f"{path}: {problems}") from None
+        raise RecipeError(f"{origin}: {problems}") from None
 
 
 def _split_override(text: str) -> tuple[str, Any]:

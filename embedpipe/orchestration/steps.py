@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embedpipe.recipe import Recipe, RecipeError, _set_override
+from embedpipe.recipe import Recipe, RecipeError, recipe_from_tree
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,7 @@ def recipe_from_json(recipe_json: str, overrides_json: str = "") -> Recipe:
     overrides = json.loads(overrides_json) if overrides_json else {}
     if "overrides" in overrides and "name" in overrides:  # an ablation cell
         overrides = overrides["overrides"]
-    for key, value in overrides.items():
-        _set_override(tree, key, value)
-    try:
-        return Recipe.model_validate(tree)
-    except Exception as err:  # pydantic's ValidationError, reworded like load_recipe's
-        raise RecipeError(f"recipe given to the step (overrides {overrides}): {err}") from None
+    return recipe_from_tree(tree, overrides, origin=f"recipe given to the step (overrides {overrides})")
 
 
 def step_cache_dir() -> Path:

@@ -44,6 +44,14 @@ def test_beir_missing_qrels_split_is_a_clear_error(tmp_path):
         load_source(SourceConfig(name="toy", kind="beir", path=str(folder)))
 
 
+def test_beir_bad_qrels_score_names_file_line_and_field(tmp_path):
+    folder = _write_beir(tmp_path / "beir")
+    with open(folder / "qrels" / "train.tsv", "a") as fh:
+        fh.write("q2\td3\thigh\n")
+    with pytest.raises(ValueError, match=r"qrels/train.tsv:8: field 'score': not an integer \('high'\)"):
+        load_source(SourceConfig(name="toy", kind="beir", path=str(folder)))
+
+
 def test_hf_triplet_layout_of_named_set(tmp_path):
     """MS MARCO's hub layout (query/positive/negative), from a save_to_disk folder with the layout named."""
     import datasets

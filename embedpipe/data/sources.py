@@ -235,7 +235,11 @@ def read_beir(folder: str | Path, split: str = "train") -> tuple[dict[str, str],
                 continue  # header
             if len(row) < 3:
                 raise ValueError(f"{folder}/qrels/{split}.tsv:{line_no}: expected query-id, corpus-id, score")
-            qrels[row[0]][row[1]] = int(row[2])
+            try:
+                qrels[row[0]][row[1]] = int(row[2])
+            except ValueError:
+                raise ValueError(f"{folder}/qrels/{split}.tsv:{line_no}: field 'score': not an integer "
+                                 f"({row[2]!r})") from None
     return corpus, queries, dict(qrels)
 
 

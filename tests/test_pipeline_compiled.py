@@ -114,3 +114,7 @@ def test_ablation_grid_cells():
     bad = load_recipe(recipes_dir() / "local.yaml", {"pipeline.ablation": {"merge_sets": [["mix-z"]]}})
     with pytest.raises(RecipeError, match=r"unknown stage-2 variants \['mix-z'\]"):
         grid_cells(bad)
+    bad_loss = load_recipe(recipes_dir() / "local.yaml",
+                           {"pipeline.ablation": {"losses": ["hard_negative_infonce", "bogus"]}})
+    with pytest.raises(RecipeError, match=r"cell 'loss=bogus.*training\.loss"):
+        grid_cells(bad_loss)  # a bad value in any cell, not only the first, is caught when planning

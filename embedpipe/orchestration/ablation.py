@@ -46,7 +46,12 @@ def grid_cells(recipe: Recipe) -> list[dict]:
         name = f"loss={loss},sdg={mix_name},merge={'+'.join(merge_set)}"
         cells.append({"name": name, "overrides": overrides, "merge_set": list(merge_set),
                       "axes": {"loss": loss, "sdg_mix": mix_name, "merge_set": "+".join(merge_set)}})
-    steps.recipe_from_json(recipe.model_dump_json(), json.dumps(cells[0]["overrides"]))  # overrides validate
+    recipe_json = recipe.model_dump_json()
+    for cell in cells:  # every cell's overrides validate (a bad loss in the last cell fails here, not hours later)
+        try:
+            steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
+        except RecipeError as err:
+            raise RecipeError(f"pipeline.ablation cell {cell['name']!r}: {err}") from None
     return cells
 
 

@@ -148,11 +148,15 @@ class Encoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="encode", unit="batch")
+        was_training = self.model.training
         self.model.eval()
-        for start in starts:
-            idx = order[start : start + batch_size]
-            batch = self._pad([ids[i] for i in idx])
-            out[idx] = self.embed(batch).float().cpu().numpy()
+        try:
+            for start in starts:
+                idx = order[start : start + batch_size]
+                batch = self._pad([ids[i] for i in idx])
+                out[idx] = self.embed(batch).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)  # encoding mid-training (e.g. a dev score) leaves the mode as it was
         cut = self.truncated_count - before
         if cut:
             log.warning("%d of %d texts were longer than %d tokens and were truncated", cut, len(texts), max_length)

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from embedpipe.data.schema import Record
+from embedpipe.data.schema import Record, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ def normalise(text: str) -> str:
 
 def beir_eval_texts(folder: str | Path) -> set[str]:
     """Queries and judged-relevant documents of every qrels split of a BEIR folder (normalised)."""
-    from embedpipe.data.schema import read_jsonl
-
     folder = Path(folder)
     queries = {str(r["_id"]): str(r.get("text") or "") for r in read_jsonl(folder / "queries.jsonl")}
     relevant_q: set[str] = set()
@@ -49,9 +47,7 @@ def beir_eval_texts(folder: str | Path) -> set[str]:
                 if int(parts[2]) > 0:
                     relevant_d.add(parts[1])
     texts = {queries[q] for q in relevant_q if q in queries}
-    from embedpipe.data.schema import read_jsonl as rows
-
-    for row in rows(folder / "corpus.jsonl"):
+    for row in read_jsonl(folder / "corpus.jsonl"):
         if str(row["_id"]) in relevant_d:
             texts.add(str(row.get("text") or ""))
             title = (row.get("title") or "").strip()
@@ -69,8 +65,6 @@ def tasks_json_texts(tasks_json: str | Path) -> set[str]:
         if path.is_dir() and (path / "corpus.jsonl").exists():
             out |= beir_eval_texts(path)
         elif path.is_file():
-            from embedpipe.data.schema import read_jsonl
-
             for row in read_jsonl(path):
                 out |= {n for v in row.values() if isinstance(v, str) and len(n := normalise(v)) >= MIN_MATCH_CHARS}
     return out

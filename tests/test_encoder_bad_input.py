@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
@@ -78,4 +77,3 @@ def test_corrupt_export_marker(tmp_path):
     (tmp_path / "embedpipe.json").write_text("{not json")
     with pytest.raises(NotAnEncoderExport, match="invalid JSON"):
         Encoder.from_pretrained(tmp_path)
-    (tmp_path / "embedpipe.json").write_text(json.dumps({"format": "embedpipe-encoder"}))

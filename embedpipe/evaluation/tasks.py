@@ -128,7 +128,7 @@ def _label(value: Any) -> bool:
 
 
 def _binary(value: Any) -> bool:
-    return value in (0, 1) and not isinstance(value, float)
+    return value in (0, 1) and not isinstance(value, (bool, float))
 
 
 def _texts(value: Any) -> bool:
@@ -189,7 +189,7 @@ def read_beir(folder: Path, split: str, max_corpus: int | None = None) -> dict:
                 raise TaskFileError(f"{qrels_path}:{number}: corpus-id {did!r} is not in {folder / 'corpus.jsonl'}")
             try:
                 relevant.setdefault(qid, {})[did] = int(float(score))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise TaskFileError(f"{qrels_path}:{number}: score {score!r} is not a number") from None
     if not relevant:
         raise TaskFileError(f"{qrels_path}: no relevance judgements")

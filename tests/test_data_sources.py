@@ -125,6 +125,14 @@ def test_paraphrase_layout_is_symmetric(tmp_path):
         ("What is the best way to learn Python?", "How do I learn Python?")}
 
 
+def test_hf_unknown_layout_is_a_clear_error(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"anchor": ["a b c"], "positive": ["d e f"]}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(ValueError, match="source 'ds': unknown layout 'tripplet'"):
+        load_source(SourceConfig(name="ds", kind="hf", path=str(tmp_path / "ds"), layout="tripplet"))
+
+
 def test_hf_beir_hub_layout(tmp_path):
     import datasets
 

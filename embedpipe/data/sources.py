@@ -314,6 +314,8 @@ def load_hf(source: SourceConfig) -> Loaded:
     known = HF_DATASETS.get(name)
     subset = source.subset if source.subset is not None else (known[1] if known else None)
     layout_name = source.layout or (known[0] if known else None)
+    if layout_name is not None and layout_name not in LAYOUTS:
+        raise ValueError(f"source {source.name!r}: unknown layout {layout_name!r}; expected one of {', '.join(LAYOUTS)}")
     if layout_name == "beir_hub":
         return _load_beir_hub(name, source)
     ds = _open_hf(name, subset, source.split)

@@ -129,7 +129,7 @@ def load_pydoc(source: SourceConfig, seed: int = 42, topics: dict[str, str] | No
     threshold = int(source.holdout_fraction * 10_000)
     training = Loaded()
     data = PydocData(training=training, instruction=source.instruction)
-    for s_index, section in enumerate(sections):
+    for section in sections:
         held_out = int(hashlib.sha1(f"{seed}:{section.key}".encode()).hexdigest(), 16) % 10_000 < threshold
         ids = [f"pydoc-{section.key[:12]}-{i}" for i in range(len(section.passages))]
         query = _heading_query(section, ambiguous)

@@ -55,7 +55,10 @@ def load_results_folder(folder: str | Path) -> Results:
     for path in sorted(folder.rglob("*.json")):
         if path.name in NOT_RESULTS or "embeddings" in path.parts:
             if path.name == "task_types.json":
-                results.task_types.update(json.loads(path.read_text()))
+                try:
+                    results.task_types.update(json.loads(path.read_text()))
+                except (TypeError, ValueError) as err:  # invalid JSON, or not an object
+                    raise ValueError(f"{path}: not a JSON object of task name -> task type ({err})") from None
             continue
         try:
             raw = json.loads(path.read_text())

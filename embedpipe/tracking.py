@@ -148,15 +148,20 @@ def loss_curve_png(history: list[dict], path: str | os.PathLike, title: str = "t
 def log_training(summary: dict, history: list[dict], name: str) -> None:
     """A training stage's summary numbers (prefixed by ``name``), its loss history and its loss curve PNG."""
     import tempfile
+    import time
 
     import mlflow
+    from mlflow.entities import Metric
 
     metrics = {f"{name}.{k}": v for k, v in numeric_metrics(summary).items()}
     if metrics:
         mlflow.log_metrics(metrics)
-    for entry in history:
-        if "loss" in entry and "step" in entry:
-            mlflow.log_metric(f"{name}.loss", float(entry["loss"]), step=int(entry["step"]))
+    now = int(time.time() * 1000)
+    losses = [Metric(f"{name}.loss", float(e["loss"]), now, int(e["step"]))
+              for e in history if "loss" in e and "step" in e]
+    if losses:  # one batched call (chunked by the client), not a request per step
+        run = mlflow.active_run() or mlflow.start_run()
+        mlflow.MlflowClient().log_batch(run.info.run_id, metrics=losses)
     mlflow.log_dict(summary, f"training/{name}/summary.json")
     if history:
         with tempfile.TemporaryDirectory() as tmp:

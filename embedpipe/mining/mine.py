@@ -140,7 +140,7 @@ class _Miner:
         # read every chosen negative of the block in one pass over the file, in offset order
         all_ids = np.unique(np.concatenate(chosen_ids)) if chosen_ids else np.zeros(0, dtype=np.int64)
         docs = dict(zip(all_ids.tolist(), self.corpus.read(all_ids)))
-        for (record, record_pos, choice), neg_idx, row in zip(choices, chosen_ids, range(len(choices))):
+        for row, ((record, record_pos, choice), neg_idx) in enumerate(zip(choices, chosen_ids)):
             neg_scores = cand_scores[row][choice.positions]
             stats.chosen(float(record_pos.min()), neg_scores, choice)
             out.append(record.model_copy(update={

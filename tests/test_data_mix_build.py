@@ -63,6 +63,9 @@ def test_overrides_and_stage_task_types(tmp_path):
     assert mixed == {"a": 30, "b": 5}
     recipe.training.stage2.task_types = ["sts"]
     assert Counter(r.source for r in select_stage_records(records, recipe, "stage2")) == {"c": 10}
+    # a stage-2 variant's own task types win over the stage's
+    assert Counter(r.source for r in select_stage_records(records, recipe, "stage2", task_types=["retrieval"])) \
+        == {"a": 10, "b": 5}
     with pytest.raises(ValueError, match="unknown source 'zzz'"):
         select_stage_records(records, recipe, "stage2", weights_override={"zzz": 1.0})
     with pytest.raises(ValueError, match="stage must be"):

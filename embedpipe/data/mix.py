@@ -62,11 +62,13 @@ def allocate(sizes: dict[str, int], weights: dict[str, float], total: int | None
 
 
 def select_stage_records(records: list[Record], recipe, stage: Stage, weights_override: dict[str, float] | None = None,
-                         seed: int | None = None) -> list[Record]:
-    """The records of one stage's mix, shuffled; filtered to the stage's task types when the stage names any."""
+                         seed: int | None = None, task_types: list[str] | None = None) -> list[Record]:
+    """The records of one stage's mix, shuffled; filtered to ``task_types`` (default: the stage's own, so a stage-2
+    variant can pass its overridden list) when any are named."""
     weights = stage_weights(recipe, stage, weights_override)
-    stage_cfg = getattr(recipe.training, stage, None)
-    task_types = set(getattr(stage_cfg, "task_types", None) or [])
+    if task_types is None:
+        task_types = getattr(getattr(recipe.training, stage, None), "task_types", None)
+    task_types = set(task_types or [])
     by_source: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         if task_types and record.task_type not in task_types:

@@ -115,8 +115,8 @@ def load_stage_records(recipe, stage: str, records_path, stage_cfg: StageConfig,
     from embedpipe.data.schema import read_records
 
     records = read_records(storage.local_copy(str(records_path)))
-    weights = (variant or {}).get("data_weights") or None
-    return select_stage_records(records, recipe, stage, weights_override=weights, seed=recipe.training.seed)
+    return select_stage_records(records, recipe, stage, weights_override=stage_cfg.data_weights,
+                                seed=recipe.training.seed, task_types=stage_cfg.task_types)
 
 
 # ---------------------------------------------------------------------------------------------- the step

@@ -225,3 +225,15 @@ def test_multilingual_sets_load_every_language_config(monkeypatch):
     assert calls[:2] == ["arabic", "bengali"] and len(calls) == 11
     assert {r.language for r in got.records} == {"ar", "bn", "en", "fi", "id", "ja", "ko", "ru", "sw", "te", "th"}
     assert len({r.id for r in got.records}) == 11
+
+
+def test_beir_row_without_id_names_file_line_and_field(tmp_path):
+    from embedpipe.data.sources import read_beir
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"text": "no id"}\n')
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "b"}\n')
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: field '_id' is missing"):
+        read_beir(folder, "train")

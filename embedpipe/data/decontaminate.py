@@ -36,7 +36,7 @@ def normalise(text: str) -> str:
 def beir_eval_texts(folder: str | Path) -> set[str]:
     """Queries and judged-relevant documents of every qrels split of a BEIR folder (normalised)."""
     folder = Path(folder)
-    queries = {str(r["_id"]): str(r.get("text") or "") for r in read_jsonl(folder / "queries.jsonl")}
+    queries = {str(r["_id"]): str(r.get("text") or "") for r in read_jsonl(folder / "queries.jsonl", required=("_id",))}
     relevant_q: set[str] = set()
     relevant_d: set[str] = set()
     for qrels in sorted((folder / "qrels").glob("*.tsv")):

@@ -327,13 +327,20 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> int:
     return count
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Rows of a plain JSONL file, with errors that name the file and line."""
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dict]:
+    """Rows of a plain JSONL file, with errors that name the file, the line and a ``required`` field it lacks."""
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
             try:
-                yield json.loads(raw.decode("utf-8"))
+                row = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ValueError(f"{path}:{line_no}: {err}") from None
+            if required:
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                missing = [name for name in required if row.get(name) is None]
+                if missing:
+                    raise ValueError(f"{path}:{line_no}: field '{missing[0]}' is missing")
+            yield row

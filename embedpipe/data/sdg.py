@@ -380,7 +380,12 @@ def load_seed_corpus(config: SDGConfig, corpus_path: str | Path | None) -> list[
         from embedpipe import storage
 
         local = storage.local_copy(str(corpus_path)) if storage.is_remote(str(corpus_path)) else Path(corpus_path)
-        return [(str(r["id"]), str(r["text"])) for r in read_jsonl(local) if str(r.get("text") or "").strip()]
+        rows = [(str(r["id"]), str(r["text"])) for r in read_jsonl(local, required=("id", "text"))]
+        documents = [(doc_id, text) for doc_id, text in rows if text.strip()]
+        if len(documents) < len(rows):
+            log.warning("%s: %d of %d seed documents have empty text and were skipped", local,
+                        len(rows) - len(documents), len(rows))
+        return documents
     if config.seed_corpus != "pydoc":
         raise ValueError(f"sdg.seed_corpus={config.seed_corpus!r} needs a corpus_path")
     from embedpipe.data.config import SourceConfig

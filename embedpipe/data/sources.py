@@ -226,8 +226,8 @@ def read_beir(folder: str | Path, split: str = "train") -> tuple[dict[str, str],
     for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"BEIR folder {folder} has no {name}")
-    corpus = {str(r["_id"]): _beir_text(r) for r in read_jsonl(folder / "corpus.jsonl")}
-    queries = {str(r["_id"]): str(r.get("text") or "") for r in read_jsonl(folder / "queries.jsonl")}
+    corpus = {str(r["_id"]): _beir_text(r) for r in read_jsonl(folder / "corpus.jsonl", required=("_id",))}
+    queries = {str(r["_id"]): str(r.get("text") or "") for r in read_jsonl(folder / "queries.jsonl", required=("_id",))}
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8") as fh:
         for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):

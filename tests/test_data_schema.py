@@ -154,3 +154,14 @@ def test_build_to_s3(s3_env, tmp_path):
     assert len(read_records(local / "records.jsonl")) == manifest["records"] > 0
     assert json.loads((local / "eval" / "tasks.json").read_text())[0]["name"] == "PydocRetrieval"
     assert (local / "eval" / "pydoc-retrieval" / "qrels" / "test.tsv").is_file()
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.parquet"])
+def test_a_producer_failing_midway_leaves_no_output(tmp_path, name):
+    def rows():
+        yield {"id": "a", "query": "q", "positives": ["p"]}
+        raise RuntimeError("producer failed")
+
+    with pytest.raises(RuntimeError, match="producer failed"):
+        write_records(rows(), tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

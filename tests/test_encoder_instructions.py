@@ -44,3 +44,21 @@ def test_task_type_names_parse_loosely_and_fail_clearly():
     assert task_type("STS") is TaskType.STS
     with pytest.raises(ValueError, match="unknown task type 'regression'.*retrieval"):
         task_type("regression")
+
+
+def test_reading_records_does_not_load_the_model_stack():
+    """The data schema needs the instruction table only; importing it must not pull in torch or transformers (a data
+    or mining step would pay seconds and hundreds of MB for nothing). The package's names still resolve on use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, embedpipe.data.schema, embedpipe.encoder as enc\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'model stack imported'\n"
+            "assert enc.format_query('q', 't').startswith('Instruct: t')\n"
+            "from embedpipe.encoder import Encoder, LlamaBidirectionalModel\n"
+            "from transformers import AutoConfig, AutoModel\n"
+            "config = AutoConfig.for_model('llama_bidirectional')\n"
+            "assert type(config).__name__ == 'LlamaBidirectionalConfig'\n"
+            "try:\n    enc.NoSuchName\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no error')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -12,7 +12,7 @@ import pytest
 
 from embedpipe.mining.cache import CacheMismatch
 from embedpipe.mining.config import MiningConfig, TeacherConfig
-from embedpipe.mining.corpus import CorpusError
+from embedpipe.mining.corpus import Corpus, CorpusError
 from embedpipe.mining.mine import MiningError, mine_hard_negatives
 
 MAXLEN = 48  # short documents keep the real teacher fast on 2 cores
@@ -155,6 +155,11 @@ def test_all_positives_missing_is_an_error(data, mined, tmp_path):
     records = _write(tmp_path / "r.jsonl", [{"id": "x", "query": "q?", "positives": ["not in the corpus"]}])
     with pytest.raises(MiningError, match="none of the 1 records"):
         mine_hard_negatives(records, data / "corpus.jsonl", config(), tmp_path / "o.jsonl", cache, show=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(MiningError, match="has no records"):
+        mine_hard_negatives(empty, data / "corpus.jsonl", config(), tmp_path / "o.jsonl", cache, show=False)
+    assert sorted(p.name for p in tmp_path.glob("o.jsonl*")) == [], "a failed run left an output file behind"
 
 
 def test_bad_corpus_inputs(data, tmp_path):
@@ -265,3 +270,17 @@ def test_cli_mine(data, mined, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "s.json").read_text())["records_out"] == 40
     assert len(read(tmp_path / "o.jsonl")) == 40
+
+
+def test_corpus_changed_after_the_scan_names_file_and_line(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"id": "a", "text": "xx"}\n\n{"id": "b", "text": "yy"}\n')
+    corpus = Corpus(path)
+    path.write_text('{"id": "a", "text": "xx"}\n\n{"id": "b", "text": yy }\n')  # same offsets, line 3 broken
+    with pytest.raises(CorpusError, match=r"corpus.jsonl:3: malformed JSON"):
+        corpus.chunk(0, 2)
+    with pytest.raises(CorpusError, match=r"corpus.jsonl:3: malformed JSON"):
+        corpus.read([1])
+    path.write_text('{"id": "a", "text": "xx"}\n')
+    with pytest.raises(CorpusError, match="changed after it was scanned"):
+        corpus.chunk(0, 2)

@@ -267,6 +267,31 @@ def _parquet_schema():
     return pa.schema([(name, types.get(name, pa.string())) for name in PARQUET_SCHEMA_FIELDS])
 
 
+def _write_rows(rows: Iterable[dict], path: Path, parquet: bool) -> int:
+    count = 0
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _parquet_schema()
+        with pq.ParquetWriter(path, schema) as writer:
+            batch: list[dict] = []
+            for row in rows:
+                batch.append(row)
+                count += 1
+                if len(batch) >= 8192:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            if batch or count == 0:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+    return count
+
+
 def write_records(records: Iterable[Record | dict], path: str | Path) -> int:
     """Write records as JSONL (or Parquet by suffix), local or ``s3://``; atomic for local files. Returns the count."""
     text = str(path)
@@ -278,28 +303,16 @@ def write_records(records: Iterable[Record | dict], path: str | Path) -> int:
         local = Path(path)
         local.parent.mkdir(parents=True, exist_ok=True)
     partial = local.with_name(local.name + ".partial")
-    count = 0
     rows = (r.to_json() if isinstance(r, Record) else Record.model_validate(r).to_json() for r in records)
-    if local.suffix in PARQUET_SUFFIXES:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    try:  # a producer that fails part-way (bad record, mining error) leaves neither output nor partial file
+        count = _write_rows(rows, partial, parquet=local.suffix in PARQUET_SUFFIXES)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        if remote:
+            import shutil
 
-        schema = _parquet_schema()
-        with pq.ParquetWriter(partial, schema) as writer:
-            batch: list[dict] = []
-            for row in rows:
-                batch.append(row)
-                count += 1
-                if len(batch) >= 8192:
-                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    batch = []
-            if batch or count == 0:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-    else:
-        with open(partial, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
     os.replace(partial, local)
     if remote:
         import shutil

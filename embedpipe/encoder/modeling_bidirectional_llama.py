@@ -100,3 +100,11 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
 
 LlamaBidirectionalConfig.register_for_auto_class()
 LlamaBidirectionalModel.register_for_auto_class("AutoModel")
+if __name__.startswith("embedpipe."):  # not in the copy shipped with an export (loaded as remote code)
+    from transformers import AutoConfig, AutoModel
+
+    try:  # AutoModel.from_pretrained on an export resolves "llama_bidirectional" in this process without remote code
+        AutoConfig.register("llama_bidirectional", LlamaBidirectionalConfig)
+        AutoModel.register(LlamaBidirectionalConfig, LlamaBidirectionalModel)
+    except ValueError:  # already registered (module re-imported)
+        pass

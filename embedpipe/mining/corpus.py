@@ -1,7 +1,7 @@
 """The mining corpus on disk: one validating scan, then per-document arrays instead of texts in memory.
 
-The scan keeps three 8-byte numbers per document (byte offset, id hash, text hash), so a 100M-document corpus costs
-2.4 GB here rather than its full text; texts are read back by offset only for the negatives that are chosen.
+The scan keeps four 8-byte numbers per document (byte offset, line number, id hash, text hash), so a 100M-document
+corpus costs 3.2 GB here rather than its full text; texts are read back by offset only for the negatives that are chosen.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Corpus:
         if not offsets:
             raise CorpusError(f"corpus {self.path} has no documents")
         self.offsets = np.frombuffer(offsets, dtype=np.int64)
+        self.lines = np.frombuffer(lines, dtype=np.int64)  # errors on read-back name the line, as the scan does
         self.id_hash = np.frombuffer(id_hashes, dtype=np.uint64)
         self.text_hash = np.frombuffer(text_hashes, dtype=np.uint64)
         self._id_order = np.argsort(self.id_hash, kind="stable")
@@ -105,7 +106,7 @@ class Corpus:
         fh = fh or open(self.path, "rb")
         try:
             fh.seek(int(self.offsets[index]))
-            return _parse(fh.readline(), self.path, -1)
+            return _parse(fh.readline(), self.path, int(self.lines[index]))
         finally:
             if own:
                 fh.close()
@@ -120,11 +121,16 @@ class Corpus:
         ids, texts = [], []
         with open(self.path, "rb") as fh:
             fh.seek(int(self.offsets[start]))
+            line_no = int(self.lines[start]) - 1
             while len(ids) < stop - start:
                 raw = fh.readline()
+                line_no += 1
+                if not raw:
+                    raise CorpusError(f"{self.path}: ended at line {line_no} while reading documents {start}:{stop}; "
+                                      "the file changed after it was scanned")
                 if not raw.strip():
                     continue
-                doc_id, text = _parse(raw, self.path, -1)
+                doc_id, text = _parse(raw, self.path, line_no)
                 ids.append(doc_id)
                 texts.append(text)
         return ids, texts

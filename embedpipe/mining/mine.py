@@ -216,16 +216,17 @@ def mine_hard_negatives(
                 block = []
         if block:
             yield from miner.mine_block(block)
+        # raised inside the writer's loop, so a failed run leaves no (empty) output file behind
+        if stats.records_in == 0:
+            raise MiningError(f"records file {records_path} has no records")
+        if stats.skipped_missing_positive == stats.records_in:
+            raise MiningError(
+                f"none of the {stats.records_in} records of {records_path} has its positive in the corpus "
+                f"{corpus_path} (e.g. {stats.missing_examples[:3]}); check that the records were built from this "
+                "corpus, or set mining.skip_missing_positive=false to embed the positive texts")
 
     written = write_records(mined(), out_path)
     t_end = time.perf_counter()
-    if stats.records_in == 0:
-        raise MiningError(f"records file {records_path} has no records")
-    if written == 0 and stats.skipped_missing_positive == stats.records_in:
-        raise MiningError(
-            f"none of the {stats.records_in} records of {records_path} has its positive in the corpus {corpus_path} "
-            f"(e.g. {stats.missing_examples[:3]}); check that the records were built from this corpus, or set "
-            "mining.skip_missing_positive=false to embed the positive texts")
     summary = stats.to_dict()
     summary.update({
         "out_path": str(out_path),

@@ -286,6 +286,31 @@ def test_qrels_naming_unknown_documents_are_refused(tmp_path):
         task.load_data()
 
 
+def test_beir_rows_are_checked_by_file_line(tmp_path):
+    """Empty query text, a document with neither text nor title, and a repeated id: named by the line in the file
+    (a blank line before the bad row must not shift the number)."""
+    cases = {
+        "queries.jsonl": ({"_id": "q-empty", "text": "  "}, r"queries\.jsonl:\d+: field 'text' has an invalid value"),
+        "corpus.jsonl": ({"_id": "doc-empty", "title": "", "text": ""},
+                         r"corpus\.jsonl:\d+: field 'text': empty, and no title"),
+    }
+    for name, (row, message) in cases.items():
+        folder = write_pydoc_beir(tmp_path / name, n=5)
+        lines = (folder / name).read_text().splitlines()
+        (folder / name).write_text("\n".join(lines[:1] + [""] + lines[1:] + [json.dumps(row)]) + "\n")
+        task = build_task(LocalTaskConfig(name="R", type="retrieval", path=str(folder)))
+        with pytest.raises(TaskFileError, match=message.replace(r"\d+", str(len(lines) + 2))):
+            task.load_data()
+    folder = write_pydoc_beir(tmp_path / "dup", n=5)
+    first = (folder / "corpus.jsonl").read_text().splitlines()[0]
+    with (folder / "corpus.jsonl").open("a") as handle:
+        handle.write("\n" + first + "\n")
+    lines = len((folder / "corpus.jsonl").read_text().splitlines())
+    task = build_task(LocalTaskConfig(name="R", type="retrieval", path=str(folder)))
+    with pytest.raises(TaskFileError, match=rf"corpus\.jsonl:{lines}: field '_id': id .* appears twice"):
+        task.load_data()
+
+
 def test_tasks_file_and_model_dir_errors(tmp_path, tiny_encoder):
     from embedpipe.evaluation.run import evaluate
     from embedpipe.evaluation.tasks import read_tasks_file

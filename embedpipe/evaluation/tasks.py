@@ -90,6 +90,11 @@ def embedpipe_type(mteb_type: str) -> TaskType:
 
 # ------------------------------------------------------------------------------------------------ reading files
 def _read_jsonl(path: Path, fields: dict[str, Callable[[Any], bool]], what: str) -> list[dict]:
+    return [row for _, row in _read_numbered_jsonl(path, fields, what)]
+
+
+def _read_numbered_jsonl(path: Path, fields: dict[str, Callable[[Any], bool]], what: str) -> list[tuple[int, dict]]:
+    """(line number, row) pairs: later checks name the file line, not the row's position (blank lines skipped)."""
     if not path.is_file():
         raise TaskFileError(f"{what}: file {path} does not exist")
     rows = []
@@ -109,7 +114,7 @@ def _read_jsonl(path: Path, fields: dict[str, Callable[[Any], bool]], what: str)
                                         f"{', '.join(repr(f) for f in fields)})")
                 if not check(row[field]):
                     raise TaskFileError(f"{path}:{number}: field {field!r} has an invalid value {row[field]!r}")
-            rows.append(row)
+            rows.append((number, row))
     if not rows:
         raise TaskFileError(f"{path}: no rows")
     return rows
@@ -163,13 +168,16 @@ def read_beir(folder: Path, split: str, max_corpus: int | None = None) -> dict:
         return str(value)
 
     corpus, queries = {}, {}
+    # a document may carry its words in the title alone; a query must have text
+    checks = {"corpus.jsonl": lambda v: isinstance(v, str), "queries.jsonl": _text}
     for name, target in (("corpus.jsonl", corpus), ("queries.jsonl", queries)):
         path = folder / name
-        rows = _read_jsonl(path, {"text": lambda v: isinstance(v, str)}, f"retrieval {name}")
-        for number, row in enumerate(rows, start=1):
+        for number, row in _read_numbered_jsonl(path, {"text": checks[name]}, f"retrieval {name}"):
             key = ident(row, path, number)
             if key in target:
-                raise TaskFileError(f"{path}: id {key!r} appears twice")
+                raise TaskFileError(f"{path}:{number}: field '_id': id {key!r} appears twice")
+            if name == "corpus.jsonl" and not (row["text"].strip() or str(row.get("title") or "").strip()):
+                raise TaskFileError(f"{path}:{number}: field 'text': empty, and no title (document {key!r})")
             target[key] = row
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
@@ -213,12 +221,12 @@ def read_reranking(path: Path) -> dict:
     """``{query, positive, negative}`` rows -> retrieval data with ``top_ranked`` candidates per query."""
     from datasets import Dataset
 
-    rows = _read_jsonl(path, {"query": _text, "positive": _texts, "negative": _texts}, "reranking")
+    rows = _read_numbered_jsonl(path, {"query": _text, "positive": _texts, "negative": _texts}, "reranking")
     doc_ids: dict[str, str] = {}
     queries, relevant, top_ranked = [], {}, {}
-    for i, row in enumerate(rows):
+    for i, (number, row) in enumerate(rows):
         if not row["positive"]:
-            raise TaskFileError(f"{path}:{i + 1}: field 'positive' is empty (each query needs a relevant text)")
+            raise TaskFileError(f"{path}:{number}: field 'positive' is empty (each query needs a relevant text)")
         qid = f"q{i}"
         queries.append({"id": qid, "text": row["query"]})
         candidates = []

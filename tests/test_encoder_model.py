@@ -68,6 +68,12 @@ def test_encode_is_unit_norm_and_order_preserving(tiny):
     assert vectors.shape == (23, tiny.dimension) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors[5], tiny.encode([texts[5]])[0], atol=1e-5)
+    ids = tiny.tokenizer(texts, add_special_tokens=True)["input_ids"]  # the server's path: tokenised once, by itself
+    np.testing.assert_array_equal(tiny.encode_token_ids(ids, batch_size=4), vectors)
+    before = tiny.truncated_count
+    short = tiny.encode_token_ids(ids, batch_size=4, max_length=3)
+    assert tiny.truncated_count - before == sum(len(x) > 3 for x in ids)
+    np.testing.assert_allclose(short[0], tiny.encode([texts[0]], max_length=3)[0], atol=1e-6)
 
 
 def test_gradients_reach_every_layer(tiny_encoder):

@@ -155,16 +155,16 @@ def test_a_model_failure_is_a_500_and_the_server_recovers(tiny_encoder, monkeypa
     encoder = Encoder.from_pretrained(tiny_encoder, device="cpu")
     from embedpipe.serving.app import create_app
 
-    real = encoder.encode
+    real = encoder.encode_token_ids
     calls = {"n": 0}
 
-    def flaky(texts, **kwargs):
+    def flaky(ids, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("CUDA error: an illegal memory access")
-        return real(texts, **kwargs)
+        return real(ids, **kwargs)
 
-    monkeypatch.setattr(encoder, "encode", flaky)
+    monkeypatch.setattr(encoder, "encode_token_ids", flaky)
     with BackgroundServer(create_app(encoder, ServeConfig(model_name="flaky"))) as url:
         failed = post(url, {"input": "x"})
         assert failed.status_code == 500 and "illegal memory access" in failed.json()["error"]["message"]

@@ -101,10 +101,10 @@ def create_app(encoder, config: ServeConfig | None = None) -> FastAPI:
     created = int(time.time())
 
     def encode(texts: list[str], max_length: int) -> tuple[np.ndarray, list[int]]:
-        ids = encoder.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+        ids = encoder.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]  # tokenised once
         counts = [min(len(x), max_length) for x in ids]
-        vectors = encoder.encode(texts, batch_size=config.max_batch_size, max_length=max_length,
-                                 show_progress_bar=False)
+        vectors = encoder.encode_token_ids(ids, batch_size=config.max_batch_size, max_length=max_length,
+                                           show_progress_bar=False)
         return vectors, counts
 
     batcher = DynamicBatcher(encode, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,

@@ -69,6 +69,15 @@ def sentences(folder: Path, n: int):
     return out
 
 
+def sentence_set(n: int, queries: int) -> tuple[list[dict], list[dict]]:
+    """n sentence documents and up to ``queries`` records, each query the first 8 words of its positive."""
+    docs = sentences(SCIFACT, n)
+    step = max(1, n // queries)
+    records = [{"id": f"q{i}", "query": " ".join(docs[i].split()[:8]), "positives": [docs[i]],
+                "positive_ids": [f"d{i}"]} for i in range(0, n, step)][:queries]
+    return [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)], records
+
+
 def run_child(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if proc.returncode:
@@ -140,11 +149,7 @@ def child_forward(work: Path, max_length: int) -> dict:
 def compare(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-mining-"))
     if args.sentences:  # a larger corpus of short real sentences: where memory grows with the corpus
-        docs = sentences(SCIFACT, args.sentences)
-        corpus = [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)]
-        step = max(1, len(docs) // args.queries)
-        records = [{"id": f"q{i}", "query": " ".join(docs[i].split()[:8]), "positives": [docs[i]],
-                    "positive_ids": [f"d{i}"]} for i in range(0, len(docs), step)][: args.queries]
+        corpus, records = sentence_set(args.sentences, args.queries)
         name = "SciFact + pydoc sentences"
     else:
         corpus, records = scifact(SCIFACT, args.docs)
@@ -192,12 +197,8 @@ def scale(args) -> None:
         teacher = str(convert_checkpoint(random_tiny_llama(tmp / "llama"), tmp / "encoder", max_length=32))
     for n in args.docs_list:
         work = Path(tempfile.mkdtemp(prefix="bench-mining-scale-"))
-        docs = sentences(SCIFACT, n)
-        (work / "corpus.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
-                                                   for i, t in enumerate(docs)))
-        step = max(1, n // args.queries)
-        recs = [{"id": f"q{i}", "query": " ".join(docs[i].split()[:8]), "positives": [docs[i]],
-                 "positive_ids": [f"d{i}"]} for i in range(0, n, step)][: args.queries]
+        corpus, recs = sentence_set(n, args.queries)
+        (work / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
         (work / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
         res = run_child(["_ours", str(work), "32", "fp16", str(args.chunk), str(work / "cache"), teacher])
         rows.append((n, res))

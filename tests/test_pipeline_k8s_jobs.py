@@ -35,6 +35,7 @@ class FakeApiServer:
 
     def __init__(self, responses: list):
         self.responses = list(responses)
+        self.delete_status = 200
         self.requests: list[tuple[str, str, dict | None]] = []
         outer = self
 
@@ -65,7 +66,7 @@ class FakeApiServer:
 
             def do_DELETE(self):
                 outer.requests.append(("DELETE", self.path, None))
-                self._reply(200, {"kind": "Status", "status": "Success"})
+                self._reply(outer.delete_status, {"kind": "Status", "status": "Success", "code": outer.delete_status})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -127,6 +128,21 @@ def test_timeout_deletes_the_job():
     finally:
         server.close()
     assert server.requests[-1][:2] == ("DELETE", f"{PATH}/j")
+
+
+def test_timeout_whose_delete_fails_says_so():
+    """The job may still hold its GPUs: the error must not claim it was deleted, and names the command to do it."""
+    server = FakeApiServer([RUNNING])
+    server.delete_status = 403
+    clock = Clock()
+    try:
+        with pytest.raises(k8s_jobs.TrainingJobTimeout, match="deleting it failed .*kubectl -n kubeflow delete "
+                                                               "pytorchjob j") as caught:
+            k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=60, poll_s=10, clock=clock,
+                                  sleep=clock.sleep)
+        assert "it was deleted" not in str(caught.value)
+    finally:
+        server.close()
 
 
 def test_job_that_disappears_or_is_forbidden():

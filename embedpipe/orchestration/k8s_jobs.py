@@ -145,11 +145,15 @@ def wait_for_job(api_client, name: str, namespace: str, timeout_s: float, poll_s
             if state == "Failed":
                 raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} failed: {message or 'no message'}")
         if clock() >= deadline:
+            message = (f"PyTorchJob {namespace}/{name} did not finish within {timeout_s:.0f}s "
+                       f"(last state: {last or 'unknown'})")
             try:
                 delete_job(api_client, name, namespace)
-            finally:
-                raise TrainingJobTimeout(f"PyTorchJob {namespace}/{name} did not finish within {timeout_s:.0f}s "
-                                         f"(last state: {last or 'unknown'}); it was deleted")
+            except Exception as err:  # say that the job may still hold GPUs, and why it was not deleted
+                why = f"HTTP {err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+                raise TrainingJobTimeout(f"{message}; deleting it failed ({why}): delete it by hand "
+                                         f"(kubectl -n {namespace} delete pytorchjob {name})") from err
+            raise TrainingJobTimeout(f"{message}; it was deleted")
         sleep(poll_s)
 
 

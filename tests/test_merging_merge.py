@@ -197,3 +197,25 @@ def test_chunked_averaging_is_exact(pair, tmp_path, monkeypatch):
     wa, wb, merged = load_weights(a), load_weights(b), load_weights(tmp_path / "chunked")
     for name in wa:
         assert torch.equal(merged[name], ((wa[name].double() + wb[name].double()) / 2).float()), name
+
+
+def test_a_merge_failing_midway_leaves_no_shards_and_stops_hashing(pair, tmp_path, monkeypatch):
+    import embedpipe.merging.merge as merge_module
+
+    a, b = pair
+    real, calls = merge_module._average_tensor, {"n": 0}
+
+    def fails_late(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise OSError("disk read error")
+        return real(*args, **kwargs)
+
+    hashed: list[Path] = []
+    monkeypatch.setattr(merge_module, "_average_tensor", fails_late)
+    monkeypatch.setattr(merge_module, "content_hash", lambda d: hashed.append(Path(d)) or "x")
+    with pytest.raises(OSError, match="disk read error"):
+        merge_checkpoints([a, b, a], tmp_path / "out", shard_size="1KB")  # a shard per tensor
+    assert calls["n"] == 20
+    assert not list((tmp_path / "out").glob("*.safetensors")) and not list((tmp_path / "out").glob(".shard-*"))
+    assert len(hashed) <= 3

@@ -176,56 +176,62 @@ def merge_checkpoints(
     # hash the inputs on a second thread while merging (hashlib releases the GIL on large blocks)
     hasher = ThreadPoolExecutor(max_workers=1)
     hashes = [hasher.submit(content_hash, d) for d in dirs]
-    files = [weight_files(d) for d in dirs]
+    try:
+        files = [weight_files(d) for d in dirs]
 
-    # Each read opens the file briefly: a safetensors handle memory-maps its file, and pages read through a
-    # long-lived handle stay resident, so N open handles would grow to N models of resident memory.
-    def read(i: int, name: str, rows: slice | None = None) -> torch.Tensor:
-        with safe_open(str(files[i][name]), framework="pt") as handle:
-            if rows is None:
-                return handle.get_tensor(name)
-            return handle.get_slice(name)[rows]
+        # Each read opens the file briefly: a safetensors handle memory-maps its file, and pages read through a
+        # long-lived handle stay resident, so N open handles would grow to N models of resident memory.
+        def read(i: int, name: str, rows: slice | None = None) -> torch.Tensor:
+            with safe_open(str(files[i][name]), framework="pt") as handle:
+                if rows is None:
+                    return handle.get_tensor(name)
+                return handle.get_slice(name)[rows]
 
-    shard_paths: list[Path] = []
-    weight_map: dict[str, int] = {}
-    shard: dict[str, torch.Tensor] = {}
-    shard_bytes = 0
-    total_size = 0
+        shard_paths: list[Path] = []
+        weight_map: dict[str, int] = {}
+        shard: dict[str, torch.Tensor] = {}
+        shard_bytes = 0
+        total_size = 0
 
-    def flush() -> None:
-        nonlocal shard, shard_bytes
-        if not shard:
-            return
-        path = out / f".shard-{len(shard_paths):05d}.safetensors"
-        save_file(shard, str(path), metadata={"format": "pt"})
-        shard_paths.append(path)
-        shard, shard_bytes = {}, 0
+        def flush() -> None:
+            nonlocal shard, shard_bytes
+            if not shard:
+                return
+            path = out / f".shard-{len(shard_paths):05d}.safetensors"
+            save_file(shard, str(path), metadata={"format": "pt"})
+            shard_paths.append(path)
+            shard, shard_bytes = {}, 0
 
-    for name, (shape, _) in specs.items():
-        merged = _average_tensor(read, name, shape, norm, dirs)
-        nbytes = merged.numel() * merged.element_size()
-        if shard and shard_bytes + nbytes > limit:
-            flush()
-        shard[name] = merged
-        shard_bytes += nbytes
-        total_size += nbytes
-        weight_map[name] = len(shard_paths)
-    flush()
+        for name, (shape, _) in specs.items():
+            merged = _average_tensor(read, name, shape, norm, dirs)
+            nbytes = merged.numel() * merged.element_size()
+            if shard and shard_bytes + nbytes > limit:
+                flush()
+            shard[name] = merged
+            shard_bytes += nbytes
+            total_size += nbytes
+            weight_map[name] = len(shard_paths)
+        flush()
 
-    if len(shard_paths) == 1:
-        shard_paths[0].rename(out / SINGLE_FILE)
-        shard_files = [SINGLE_FILE]
-    else:
-        n = len(shard_paths)
-        shard_files = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for path, final in zip(shard_paths, shard_files):
-            path.rename(out / final)
-        index = {"metadata": {"total_size": total_size},
-                 "weight_map": {name: shard_files[i] for name, i in weight_map.items()}}
-        (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+        if len(shard_paths) == 1:
+            shard_paths[0].rename(out / SINGLE_FILE)
+            shard_files = [SINGLE_FILE]
+        else:
+            n = len(shard_paths)
+            shard_files = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+            for path, final in zip(shard_paths, shard_files):
+                path.rename(out / final)
+            index = {"metadata": {"total_size": total_size},
+                     "weight_map": {name: shard_files[i] for name, i in weight_map.items()}}
+            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
-    copy_export_extras(dirs[0], out)
-    input_hashes = [h.result() for h in hashes]
+        copy_export_extras(dirs[0], out)
+        input_hashes = [h.result() for h in hashes]
+    except BaseException:  # stop hashing the rest and leave no half-written shards behind
+        hasher.shutdown(wait=False, cancel_futures=True)
+        for partial in out.glob(".shard-*.safetensors"):
+            partial.unlink(missing_ok=True)
+        raise
     hasher.shutdown()
     provenance = {
         "method": "uniform" if weights is None else "weighted",

@@ -139,16 +139,18 @@ def evaluate(
         log.info("skipping %d task(s) with results already in %s: %s", len(skipped), out, ", ".join(skipped))
     embeddings = Path(cache_dir) if cache_dir is not None else embedpipe_cache() / "embeddings"
     cached = CachedEmbeddingWrapper(model, embeddings / meta.model_name_as_path() / revision / flavour)
-    result = mteb.evaluate(
-        cached,
-        tasks,
-        cache=results,
-        overwrite_strategy="only-missing",
-        encode_kwargs={"batch_size": config.batch_size},
-        show_progress_bar=False,
-        raise_error=True,
-    )
-    cached.close()
+    try:  # closed on error too: the cache's memory maps and file handles would outlive a failed task
+        result = mteb.evaluate(
+            cached,
+            tasks,
+            cache=results,
+            overwrite_strategy="only-missing",
+            encode_kwargs={"batch_size": config.batch_size},
+            show_progress_bar=False,
+            raise_error=True,
+        )
+    finally:
+        cached.close()
 
     task_types = {t.metadata.name: t.metadata.type for t in tasks}
     scores = {r.task_name: float(r.get_score()) for r in result.task_results}

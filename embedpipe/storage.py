@@ -189,6 +189,25 @@ def check_endpoint(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def check_source(uri: str, timeout: float = 5.0) -> None:
+    """Pre-flight for an input: its bucket exists and something is stored at the key (a file, or a folder's files).
+    Unlike :func:`check_endpoint`, never creates the bucket: a missing input is the user's typo, not ours to make."""
+    bucket, key = split_uri(uri)
+    endpoint, secure = endpoint_settings()
+    cli = client(retries=0, timeout=timeout)
+    try:
+        if not cli.bucket_exists(bucket):
+            raise StorageError(f"{uri}: bucket {bucket!r} does not exist at {endpoint}")
+        found = next(iter(cli.list_objects(bucket, prefix=key, recursive=True)), None)
+    except StorageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure here is the same verdict
+        raise StorageError(f"S3 endpoint {'https' if secure else 'http'}://{endpoint} is not usable for {uri}: "
+                           f"{type(err).__name__}: {err}") from None
+    if found is None:
+        raise StorageError(f"{uri}: nothing is stored at this key or under it")
+
+
 # ------------------------------------------------------------------------------------------------- upload/download
 def upload(local: str | os.PathLike, uri: str) -> dict:
     """Copy a file or folder to ``uri`` (S3 or a local path); the completion marker is written last.

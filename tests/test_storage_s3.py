@@ -221,3 +221,30 @@ def test_no_endpoint_configured_is_a_clear_error(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(storage.StorageError, match="pipeline.s3_endpoint"):
         storage.read_text("s3://b/k")
+
+
+def test_preflight_checks_every_remote_input(s3_env, tmp_path):
+    """Each s3:// data source is checked where it is (its own bucket and key), and never created; the artifact
+    root's bucket may be created."""
+    from embedpipe.orchestration.preflight import check_endpoints_of
+    from embedpipe.recipe import load_recipe
+
+    host, port = s3_env
+    (tmp_path / "d.jsonl").write_text('{"query": "q", "positives": ["p"]}\n')
+    storage.upload(tmp_path / "d.jsonl", "s3://inputs/sets/d.jsonl")
+    source = {"kind": "jsonl", "task_type": "retrieval", "weight_pretrain": 1.0, "weight_finetune": 1.0}
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "local.yaml", {
+        "pipeline.artifact_root": "s3://fresh-artifacts/runs", "pipeline.s3_endpoint": f"{host}:{port}",
+        "pipeline.s3_secure": False, "pipeline.mlflow_tracking_uri": str(tmp_path / "mlruns"), "sdg.enabled": False,
+        "data.sources": [{"name": "ok", "path": "s3://inputs/sets/d.jsonl", **source},
+                         {"name": "folder", "path": "s3://inputs/sets", **source},
+                         {"name": "typo", "path": "s3://inputs/sets/missing.jsonl", **source},
+                         {"name": "elsewhere", "path": "s3://no-such-bucket/d.jsonl", **source}]})
+    problems = check_endpoints_of(recipe)
+    assert problems == [
+        "data.sources[2] (typo).path: s3://inputs/sets/missing.jsonl: nothing is stored at this key or under it",
+        f"data.sources[3] (elsewhere).path: s3://no-such-bucket/d.jsonl: bucket 'no-such-bucket' does not exist at "
+        f"{host}:{port}",
+    ]
+    assert storage.client().bucket_exists("fresh-artifacts")
+    assert not storage.client().bucket_exists("no-such-bucket")

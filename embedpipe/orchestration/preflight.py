@@ -78,13 +78,22 @@ def check_recipe(recipe: Recipe, runner: str = "local", check_endpoints: bool = 
 
 def check_endpoints_of(recipe: Recipe) -> list[str]:
     problems = []
-    remote = [u for u in [recipe.pipeline.artifact_root, *(s.path or "" for s in recipe.data.sources)] if storage.is_remote(u)]
-    if remote:
+    root = recipe.pipeline.artifact_root
+    sources = [(i, s) for i, s in enumerate(recipe.data.sources) if s.path and storage.is_remote(s.path)]
+    if storage.is_remote(root) or sources:
         storage.configure(recipe.pipeline.s3_endpoint, recipe.pipeline.s3_secure)
-        try:
-            storage.check_endpoint(remote[0])
-        except storage.StorageError as err:
-            problems.append(str(err))
+        reachable = True
+        if storage.is_remote(root):
+            try:  # the artifact root's bucket may be created; inputs must already be there
+                storage.check_endpoint(root)
+            except storage.StorageError as err:
+                problems.append(str(err))
+                reachable = False  # one message for a dead endpoint, not one per source
+        for i, source in sources if reachable else []:
+            try:
+                storage.check_source(source.path)
+            except storage.StorageError as err:
+                problems.append(f"data.sources[{i}] ({source.name}).path: {err}")
     try:
         tracking.check_tracking_uri(recipe.pipeline.mlflow_tracking_uri)
     except tracking.TrackingError as err:

@@ -398,10 +398,25 @@ def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
 
     cache = Path(cache_dir or Path(tempfile.gettempdir()) / "embedpipe-s3-cache")
     bucket, key = split_uri(str(uri))
-    target = cache / hashlib.sha256(str(uri).encode()).hexdigest()[:16] / (Path(key).name or bucket)
+    # keyed by the URI and the stored version, so an artifact overwritten at the same URI is fetched again
+    version = f"{uri}\n{_stored_version(str(uri))}"
+    target = cache / hashlib.sha256(version.encode()).hexdigest()[:16] / (Path(key).name or bucket)
     if not target.exists():
         download(str(uri), target)
     return target
+
+
+def _stored_version(uri: str) -> str:
+    """ETag and time of the artifact's completion marker (each upload writes a new one: it holds the upload time),
+    else of the object itself."""
+    bucket, key = split_uri(uri)
+    key = key.rstrip("/")
+    cli = client()
+    for name in (f"{key}/{MARKER}", f"{key}{MARKER}", key):
+        stat = _stat(cli, bucket, name)
+        if stat is not None:
+            return f"{stat.etag}:{stat.last_modified.isoformat() if stat.last_modified else ''}"
+    return "absent"  # download() says what is missing
 
 
 def publish(local: str | os.PathLike, uri: str | os.PathLike) -> str:

@@ -126,6 +126,10 @@ def test_single_file_and_text_helpers(s3_env, tmp_path):
         assert '"mean_task"' in handle.read()
     copy = storage.local_copy("s3://artifacts/run1/scores.json", tmp_path / "cache")
     assert copy.is_file() and "0.5" in copy.read_text()
+    assert storage.local_copy("s3://artifacts/run1/scores.json", tmp_path / "cache") == copy  # cached
+    storage.write_json("s3://artifacts/run1/scores.json", {"mean_task": 0.75})  # overwritten at the same URI
+    fresh = storage.local_copy("s3://artifacts/run1/scores.json", tmp_path / "cache")
+    assert fresh != copy and "0.75" in fresh.read_text()
     storage.delete("s3://artifacts/run1/scores.json")
     assert not storage.is_complete("s3://artifacts/run1/scores.json")
 

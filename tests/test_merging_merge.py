@@ -219,3 +219,9 @@ def test_a_merge_failing_midway_leaves_no_shards_and_stops_hashing(pair, tmp_pat
     assert calls["n"] == 20
     assert not list((tmp_path / "out").glob("*.safetensors")) and not list((tmp_path / "out").glob(".shard-*"))
     assert len(hashed) <= 3
+    # a failure after the shards got their final names (here: hashing an input) removes them too
+    monkeypatch.setattr(merge_module, "_average_tensor", real)
+    monkeypatch.setattr(merge_module, "content_hash", lambda d: (_ for _ in ()).throw(OSError("hash failed")))
+    with pytest.raises(OSError, match="hash failed"):
+        merge_checkpoints([a, b], tmp_path / "out2", shard_size="1KB")
+    assert not list((tmp_path / "out2").glob("*.safetensors")) and not (tmp_path / "out2" / "model.safetensors.index.json").exists()

@@ -227,10 +227,10 @@ def merge_checkpoints(
 
         copy_export_extras(dirs[0], out)
         input_hashes = [h.result() for h in hashes]
-    except BaseException:  # stop hashing the rest and leave no half-written shards behind
+    except BaseException:  # stop hashing the rest and leave no shards behind (out held none of ours before: see above)
         hasher.shutdown(wait=False, cancel_futures=True)
-        for partial in out.glob(".shard-*.safetensors"):
-            partial.unlink(missing_ok=True)
+        for written in [*out.glob(".shard-*.safetensors"), *out.glob("*.safetensors"), out / INDEX_FILE]:
+            written.unlink(missing_ok=True)
         raise
     hasher.shutdown()
     provenance = {

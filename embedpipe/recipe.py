@@ -13,7 +13,8 @@ from embedpipe.data.config import DataConfig, SDGConfig
 from embedpipe.evaluation.config import EvaluationConfig
 from embedpipe.merging.config import MergeConfig
 from embedpipe.mining.config import MiningConfig
-from embedpipe.orchestration.config import AblationConfig, Toleration
+from embedpipe.orchestration.config import GPU_ACCELERATOR, GPU_NODE_SELECTOR, GPU_TOLERATIONS, AblationConfig, Toleration
+from embedpipe.orchestration.images import DEFAULT_REGISTRY, DEFAULT_TAG
 from embedpipe.training.config import TrainingConfig
 
 
@@ -30,15 +31,15 @@ class PipelineConfig(Section):
     mlflow_tracking_uri: str = "sqlite:///.embedpipe/mlflow.db"
     s3_endpoint: str | None = None  # e.g. "minio.embedpipe.svc:9000"; credentials from AWS_ACCESS_KEY_ID/SECRET
     s3_secure: bool = True
-    image_registry: str = "ghcr.io/embedpipe"
-    image_tag: str = "0.1.0"
-    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"})
-    gpu_accelerator: str = "nvidia.com/gpu"
+    image_registry: str = DEFAULT_REGISTRY
+    image_tag: str = DEFAULT_TAG
+    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: dict(GPU_NODE_SELECTOR))
+    gpu_accelerator: str = GPU_ACCELERATOR
     register_model_name: str | None = None
     runner: Literal["local", "kfp"] = "local"
     stage2_parallelism: int = Field(0, ge=0)  # stage-2 runs at once (0: all); 1 on a laptop bounds memory
     gpu_tolerations: list[Toleration] = Field(
-        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+        default_factory=lambda: [Toleration(**t) for t in GPU_TOLERATIONS]
     )
     s3_secret: str = "embedpipe-s3"  # Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
     mlflow_secret: str = "embedpipe-mlflow"  # Kubernetes Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD

@@ -10,6 +10,13 @@ from embedpipe.config_base import Section
 from embedpipe.training.config import LossName
 
 
+# Cluster defaults, in one place (the recipe's ``pipeline`` section, compiled pipelines and KServe manifests read
+# these; image names come from embedpipe.orchestration.images)
+GPU_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}  # the A100 node pool
+GPU_ACCELERATOR = "nvidia.com/gpu"
+GPU_TOLERATIONS = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+
+
 class GeneratorMix(Section):
     """One SDG generator mix of the grid: a share per generator name (0 or absent leaves a generator out)."""
 

@@ -31,8 +31,7 @@ def _check_path(value: str | None, where: str, problems: list[str], must_be_loca
 
 def check_recipe(recipe: Recipe, runner: str = "local", check_endpoints: bool = True) -> list[str]:
     """Every problem found (empty when the recipe can run)."""
-    from embedpipe.assets import resolve_model
-    from embedpipe.encoder.convert import SMOLLM2
+    from embedpipe.assets import SMOLLM2, resolve_model  # (not encoder.convert: pre-flight needs no torch)
 
     problems: list[str] = []
     for i, source in enumerate(recipe.data.sources):

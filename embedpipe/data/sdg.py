@@ -426,9 +426,6 @@ def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Pa
 
     corpus = load_seed_corpus(config, corpus_path)
     shards = plan(config, corpus)
-    names = {g.name for g in config.generators}
-    if config.second_step_generator and config.second_step_generator not in names:
-        raise ValueError(f"sdg.second_step_generator {config.second_step_generator!r} is not one of: {', '.join(sorted(names))}")
     if generators is None:
         from embedpipe.data.generators import make_generator
 

@@ -90,6 +90,19 @@ def pytorchjob_manifest(spec: JobSpec) -> dict:
     }
 
 
+def job_name(recipe_name: str, run_id: str, *parts: str) -> str:
+    """A DNS-1035 job name derived from the pipeline run (not random): the same run and stage give the same name, so
+    a retried launcher step finds the job it created instead of starting a second one."""
+    import hashlib
+    import re
+
+    if not run_id or "{{" in run_id:
+        raise ValueError("multi-node training needs the pipeline run's id (run_id) to name its job")
+    digest = hashlib.sha256("/".join([run_id, *parts]).encode()).hexdigest()[:10]
+    stem = re.sub(r"[^a-z0-9-]+", "-", "-".join(["embedpipe", recipe_name, *parts]).lower()).strip("-")
+    return f"{stem[:63 - len(digest) - 1].rstrip('-')}-{digest}"
+
+
 def job_state(job: dict) -> tuple[str, str]:
     """(state, message) from a PyTorchJob's status conditions: the latest condition whose status is True."""
     conditions = [c for c in (job.get("status") or {}).get("conditions") or [] if str(c.get("status")) == "True"]
@@ -100,10 +113,19 @@ def job_state(job: dict) -> tuple[str, str]:
 
 
 def create_job(api_client, manifest: dict) -> dict:
+    """Create the job; when it exists already (a retried launcher step) the existing one is returned and waited on."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     api = client.CustomObjectsApi(api_client)
-    return api.create_namespaced_custom_object(GROUP, VERSION, manifest["metadata"]["namespace"], PLURAL, manifest)
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    try:
+        return api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    log.info("PyTorchJob %s/%s exists (a retried launcher): waiting on it", namespace, name)
+    return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
 def delete_job(api_client, name: str, namespace: str) -> None:

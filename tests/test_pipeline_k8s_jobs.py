@@ -212,3 +212,25 @@ def test_job_names_come_from_the_run_and_a_retried_launcher_reuses_its_job():
     finally:
         server.close()
     assert [m for m, _, _ in server.requests] == ["POST", "GET"] and job == RUNNING
+
+
+def test_queue_name_labels_the_job_and_every_gpu_pod_of_the_pipeline(tmp_path):
+    from kfp import compiler
+
+    from embedpipe.orchestration.cluster import QUEUE_LABEL, ClusterSettings
+    from embedpipe.pipelines.full import build_full_pipeline
+
+    spec = k8s_jobs.JobSpec(name="j", namespace="kubeflow", image="i", launch_args=[], recipe_json="{}", nodes=2,
+                            gpus_per_node=8, queue_name="gpu-a100")
+    assert k8s_jobs.pytorchjob_manifest(spec)["metadata"]["labels"][QUEUE_LABEL] == "gpu-a100"
+
+    compiler.Compiler().compile(build_full_pipeline(ClusterSettings(gpus_per_node=8, queue_name="gpu-a100")),
+                                str(tmp_path / "full.yaml"))
+    import yaml
+
+    docs = list(yaml.safe_load_all((tmp_path / "full.yaml").read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    labelled = {name for name, ex in executors.items() if (ex.get("podMetadata") or {}).get("labels", {}).get(
+        QUEUE_LABEL) == "gpu-a100"}
+    gpu_steps = {f"exec-{n}" for n in ("synthesize", "mine", "train-stage1", "train-stage2", "evaluate")}
+    assert gpu_steps <= labelled, sorted(labelled)

@@ -45,6 +45,14 @@ class JobSpec:
     cpu: str = "16"
     memory: str = "200Gi"
     shm: str = "64Gi"
+    queue_name: str | None = None  # Kueue LocalQueue: label on the job (Kueue's PyTorchJob/TrainJob integration)
+
+
+def job_labels(spec: JobSpec) -> dict[str, str]:
+    labels = {"app.kubernetes.io/part-of": "embedpipe"}
+    if spec.queue_name:
+        labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
+    return labels
 
 
 def pytorchjob_manifest(spec: JobSpec) -> dict:
@@ -81,7 +89,7 @@ def pytorchjob_manifest(spec: JobSpec) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": {"app.kubernetes.io/part-of": "embedpipe"}},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels(spec)},
         "spec": {
             "nprocPerNode": str(spec.gpus_per_node),
             "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
@@ -213,7 +221,7 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
         tolerations=[t.model_dump(exclude_none=True) for t in pipeline.gpu_tolerations],
         secret_envs={pipeline.s3_secret: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                                           "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}},
-        env=env,
+        env=env, queue_name=pipeline.queue_name,
     )
     if api_client is None:
         from embedpipe.deploy.apply import kube_client

@@ -9,6 +9,8 @@ from kfp import kubernetes
 
 from embedpipe.orchestration.config import GPU_ACCELERATOR, GPU_NODE_SELECTOR, GPU_TOLERATIONS
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -20,6 +22,7 @@ class ClusterSettings:
     s3_secret: str = "embedpipe-s3"
     mlflow_secret: str = "embedpipe-mlflow"
     stage2_parallelism: int = 0
+    queue_name: str | None = None  # Kueue LocalQueue of every GPU pod
 
     @classmethod
     def from_recipe(cls, recipe) -> "ClusterSettings":
@@ -33,6 +36,7 @@ class ClusterSettings:
             s3_secret=p.s3_secret,
             mlflow_secret=p.mlflow_secret,
             stage2_parallelism=p.stage2_parallelism,
+            queue_name=p.queue_name,
         )
 
 
@@ -47,6 +51,8 @@ def on_gpus(task, settings: ClusterSettings, gpus: int, cpu: str = "8", memory: 
     for toleration in settings.tolerations:
         kubernetes.add_toleration(task, key=toleration.get("key"), operator=toleration.get("operator", "Exists"),
                                   value=toleration.get("value"), effect=toleration.get("effect"))
+    if settings.queue_name:  # Kueue admits the pod from this LocalQueue (pod integration)
+        kubernetes.add_pod_label(task, label_key=QUEUE_LABEL, label_value=settings.queue_name)
     return with_s3(task, settings)
 
 

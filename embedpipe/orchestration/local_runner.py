@@ -47,7 +47,7 @@ def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: 
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache, cache_root=str(root / ".cache"))
-    func = pipeline_function(pipeline, recipe)
+    func = pipeline_function(pipeline, recipe, local=True)
     started = time.perf_counter()
     task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
     seconds = time.perf_counter() - started

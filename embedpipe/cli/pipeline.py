@@ -35,8 +35,11 @@ def run(
     pipeline: str = typer.Option("full", help=PIPELINE_HELP),
     run_name: str = typer.Option("", help="MLflow run name (default: MLflow's)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every step even if its inputs are unchanged."),
+    runner: str = typer.Option("local", help="local: every step in this environment; docker: every step in its "
+                                             "role image through kfp.local's DockerRunner (Docker, or podman's "
+                                             "socket at DOCKER_HOST; images from scripts/build_images.sh)."),
 ) -> None:
-    """Run the pipeline on this machine with kfp.local (no Docker, no cluster), same definition as on Kubeflow.
+    """Run the pipeline on this machine with kfp.local (no cluster), same definition as on Kubeflow.
 
     Checks the recipe, files and endpoints first; a re-run with the same inputs skips the finished steps.
     """
@@ -49,9 +52,14 @@ def run(
     loaded = _load(recipe, overrides)
     console.rule(f"embedpipe {pipeline} pipeline: recipe {loaded.name!r}")
     try:
-        result = run_local(loaded, pipeline=pipeline, run_name=run_name, cache=not no_cache)
+        result = run_local(loaded, pipeline=pipeline, run_name=run_name, cache=not no_cache, runner=runner)
     except PreflightError as err:
         console.print(f"[red]pre-flight failed:[/red] {err}")
+        raise typer.Exit(2) from None
+    except (RuntimeError, ValueError) as err:
+        if "container engine" not in str(err) and "runner " not in str(err):
+            raise
+        console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     console.rule("done")
     console.print(f"finished in {result['seconds']:.1f}s (KFP work folder: {result['work_root']})")

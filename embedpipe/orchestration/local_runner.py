@@ -1,4 +1,6 @@
-"""``embedpipe run``: the pipeline definition, run on this machine with kfp.local (SubprocessRunner, no Docker).
+"""``embedpipe run``: the pipeline definition, run on this machine with kfp.local: in this process's environment
+(SubprocessRunner, ``runner="local"``) or each step in its role's image (DockerRunner, ``runner="docker"``: see
+embedpipe/orchestration/containers.py).
 
 Artifacts go under ``pipeline.artifact_root`` (a local folder; with an s3:// root the KFP work folder stays local
 and the finished model and scores are published to S3), MLflow to ``pipeline.mlflow_tracking_uri``. KFP's local
@@ -7,6 +9,7 @@ cache (content-keyed on each step's inputs) makes a re-run with the same inputs 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -33,7 +36,7 @@ def work_root(recipe: Recipe, base: Path) -> Path:
 
 
 def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: Path | None = None,
-              cache: bool = True, check_endpoints: bool = True) -> dict:
+              cache: bool = True, check_endpoints: bool = True, runner: str = "local") -> dict:
     """Pre-flight, then run ``pipeline`` with kfp.local; returns the last step's summary plus timings."""
     from kfp import local
 
@@ -45,13 +48,53 @@ def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: 
     storage.configure(recipe.pipeline.s3_endpoint, recipe.pipeline.s3_secure)
     root = work_root(recipe, base)
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+    steps = contextlib.nullcontext()
+    if runner == "docker":
+        kfp_runner, steps = _docker(recipe, base, root)
+    elif runner == "local":
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+    else:
+        raise ValueError(f"runner {runner!r}: one of 'local' (this environment) or 'docker' (the role images)")
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache, cache_root=str(root / ".cache"))
     func = pipeline_function(pipeline, recipe, local=True)
     started = time.perf_counter()
-    task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
+    with steps:
+        task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
     seconds = time.perf_counter() - started
     summary = json.loads(task.outputs["Output"] if hasattr(task, "outputs") and isinstance(task.outputs, dict)
                          else task.output)
     return {**summary, "pipeline": pipeline, "seconds": round(seconds, 2), "work_root": str(root),
-            "tracking_uri": recipe.pipeline.mlflow_tracking_uri}
+            "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner}
+
+
+def _docker(recipe: Recipe, base: Path, root: Path):
+    """kfp.local's DockerRunner over the engine at DOCKER_HOST, as the caller's user (artifacts on the host are
+    theirs), with the working folder, artifact root and MLflow store mounted at the same paths."""
+    import docker
+    from kfp import local
+
+    from embedpipe.orchestration import containers
+
+    pipeline = recipe.pipeline
+    try:
+        client = docker.from_env()
+        missing = containers.missing_images(client, pipeline.image_registry, pipeline.image_tag)
+        client.close()
+    except docker.errors.DockerException as err:
+        raise RuntimeError(containers.engine_error(err)) from None
+    if missing:
+        raise RuntimeError(f"the container engine lacks {', '.join(missing)}: build them with "
+                           f"`bash scripts/build_images.sh` (REGISTRY={pipeline.image_registry} TAG={pipeline.image_tag})")
+    mounts = [base, root]
+    if not storage.is_remote(pipeline.artifact_root):
+        mounts.append(Path(pipeline.artifact_root))
+    uri = pipeline.mlflow_tracking_uri
+    if uri.startswith("sqlite:///"):
+        mounts.append(Path(uri[len("sqlite:///"):]).parent)
+    elif "://" not in uri or uri.startswith("file://"):
+        mounts.append(Path(uri.removeprefix("file://")))
+    for folder in mounts:
+        folder.mkdir(parents=True, exist_ok=True)
+    kfp_runner = local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}", network_mode="host")
+    return kfp_runner, containers.docker_steps(mounts, pipeline.image_registry, pipeline.image_tag)

@@ -9,7 +9,7 @@ from embedpipe.components.data.component import build_data
 from embedpipe.components.download.component import download_models
 from embedpipe.components.evaluate.component import evaluate
 from embedpipe.components.merge.component import merge
-from embedpipe.components.mining.component import mine
+from embedpipe.components.mining.component import embed_corpus, mine
 from embedpipe.components.plan.component import plan_variants
 from embedpipe.components.sdg.component import synthesize, synthesize_generator
 from embedpipe.components.track.component import track_full
@@ -58,6 +58,12 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
         sdg = sdg_steps(settings, recipe_json, data.outputs["data"], fetched)
         mined = on_gpus(mine(recipe_json=recipe_json, data=data.outputs["data"], synthetic=sdg.outputs["synthetic"]),
                         settings, 1).set_display_name("hard-negative mining")
+        if settings.mining_embed_tasks > 1:  # the corpus embedding fans out; mining then reuses every chunk
+            n = settings.mining_embed_tasks
+            with dsl.ParallelFor(list(range(n)), name="corpus-embedding", parallelism=n) as shard:
+                embedded = on_gpus(embed_corpus(recipe_json=recipe_json, data=data.outputs["data"], shard=shard,
+                                                shards=n), settings, 1).set_display_name("corpus embedding")
+            mined.after(embedded)
         stage1 = train1(recipe_json, mined.outputs["records"]).set_display_name("stage 1")
         plan = on_cpu(plan_variants(recipe_json=recipe_json), settings, "1", "1Gi").set_display_name("stage-2 runs")
         with dsl.ParallelFor(plan.output, name="stage2-runs", parallelism=settings.stage2_parallelism) as variant:

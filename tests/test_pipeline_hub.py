@@ -69,10 +69,19 @@ def test_local_runs_get_no_hub_env():
     spec = pipeline_compile.compiled_documents("full", recipe)[0]
     assert _env(spec["deploymentSpec"]["executors"]["exec-synthesize"])["HF_HUB_OFFLINE"] == "1"  # recipe: offline
     assert "HF_HOME" not in _env(spec["deploymentSpec"]["executors"]["exec-synthesize"])  # no cache PVC locally
-    from kfp import compiler  # the kfp.local flavour sets no env at all
 
-    local_fn = pipeline_compile.pipeline_function("full", recipe, local=True)
-    assert local_fn is not None and compiler is not None
+
+def test_the_kfp_local_flavour_sets_no_hub_env(tmp_path):
+    """kfp.local applies tasks' env variables: a cluster recipe run locally must not point HF_HOME at /models."""
+    import yaml
+    from kfp import compiler
+
+    recipe = load_recipe(recipes_dir() / "llama-embed-nemotron-8b.yaml")
+    path = tmp_path / "p.yaml"
+    compiler.Compiler().compile(pipeline_compile.pipeline_function("full", recipe, local=True), str(path))
+    spec = next(yaml.safe_load_all(path.read_text()))
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        assert not {"HF_HOME", "HF_HUB_OFFLINE"} & set(_env(executor)), name
 
 
 def test_download_plan_lists_every_hub_model_and_dataset_once(paper):
@@ -112,3 +121,16 @@ def test_offline_download_uses_a_prefilled_cache_and_names_what_is_missing(tmp_p
     assert [e["path"] for e in result["entries"]][0] == str(snapshot) and result["missing"] == []
     with pytest.raises(RuntimeError, match=r"lacks 1 of 3 entries: model org/teacher \(mining teacher\)"):
         download(entries + [HubEntry("org/teacher", "model", "mining teacher")], cache_dir=tmp_path, offline=True)
+
+
+def test_mining_embeds_the_corpus_in_a_fan_out_before_the_search(paper):
+    recipe, docs = paper
+    spec = docs["full"][0]
+    tasks = spec["root"]["dag"]["tasks"]
+    loop = next(name for name, t in tasks.items() if t.get("parameterIterator", {}).get("items", {}).get("raw"))
+    assert tasks[loop]["parameterIterator"]["items"]["raw"] == str(list(range(recipe.mining.embed_tasks)))
+    inner = spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["embed-corpus"]
+    assert loop in tasks["mine"]["dependentTasks"]  # the search + selection waits for every embedding task
+    executor = spec["deploymentSpec"]["executors"]["exec-embed-corpus"]
+    assert int(executor["container"]["resources"]["accelerator"]["resourceCount"]) == 1

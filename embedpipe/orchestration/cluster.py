@@ -25,6 +25,7 @@ class ClusterSettings:
     shm_size: str = "16Gi"
     # (generator name, tensor-parallel degree) of the recipe's SDG mix: one task each, with that many GPUs
     sdg_generators: tuple[tuple[str, int], ...] = ()
+    mining_embed_tasks: int = 1  # GPU tasks the corpus embedding fans out over before the mining step
     hub_env: bool = True  # False for kfp.local runs: no cache volume there, the machine's own HF settings apply
 
     @classmethod
@@ -44,6 +45,7 @@ class ClusterSettings:
             model_cache_path=p.hub.cache_path, shm_size=p.hub.shm_size,
             sdg_generators=tuple((g.name, g.tensor_parallel_size) for g in recipe.sdg.generators)
             if recipe.sdg.enabled else (),
+            mining_embed_tasks=recipe.mining.embed_tasks,
             hub_env=not local,
         )
 

@@ -113,6 +113,24 @@ def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.Pa
     return _write_summary(out, summary)
 
 
+def mining_cache_uri(recipe: Recipe) -> str | None:
+    """The chunk cache the corpus-embedding tasks share: under an s3:// artifact root (a local run's tasks share
+    the machine's step cache already)."""
+    from embedpipe import storage
+
+    root = recipe.pipeline.artifact_root
+    return storage.join(root, "mining-cache") if storage.is_remote(root) else None
+
+
+@timed
+def embed_corpus(recipe: Recipe, data_dir: str | os.PathLike, shard: int, shards: int) -> dict:
+    """One of the mining step's corpus-embedding tasks (the mining step then reuses every chunk)."""
+    from embedpipe.mining.mine import embed_corpus_shard
+
+    return embed_corpus_shard(Path(data_dir) / "corpus.jsonl", recipe.mining, shard, shards,
+                              cache_dir=step_cache_dir() / "mining", cache_uri=mining_cache_uri(recipe))
+
+
 @timed
 def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
     """Public + synthetic records (deduplicated, decontaminated) -> hard negatives mined against the corpus."""
@@ -128,7 +146,7 @@ def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.Pa
     combined = combine_records(sources, out / "combined.jsonl", eval_dir=data / "eval",
                                decontaminate_against=recipe.data.decontaminate_against, lenient=recipe.data.lenient)
     stats = mine_hard_negatives(out / "combined.jsonl", data / "corpus.jsonl", recipe.mining, out / "records.jsonl",
-                                cache_dir=step_cache_dir() / "mining")
+                                cache_dir=step_cache_dir() / "mining", cache_uri=mining_cache_uri(recipe))
     (out / "combined.jsonl").unlink()
     return _write_summary(out, {"combine": combined, "mining": stats})
 

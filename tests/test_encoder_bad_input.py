@@ -61,8 +61,10 @@ def test_folder_without_config(tmp_path):
 
 
 def test_packaged_gguf_resolves():
+    """A .gguf path resolves to its dequantised checkpoint folder (cached: the second call does no work)."""
     folder, name = resolve_source(smollm2_gguf_path())
-    assert name.endswith(".gguf") and (folder / name).is_file()
+    assert name is None and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert resolve_source(smollm2_gguf_path()) == (folder, None)
 
 
 def test_over_long_texts_are_truncated_and_counted(tiny, caplog):

@@ -51,3 +51,64 @@ def test_overrides_and_flat_params():
     assert recipe.training.stage1.steps == 3 and recipe.seed == 7
     params = recipe.flat_params()
     assert params["training.stage1.steps"] == "3" and params["model.base"] == "smollm2-135m-instruct"
+
+
+LOCAL = recipes_dir() / "local.yaml"
+
+
+@pytest.mark.parametrize("variant, field", [
+    ({"name": "mix-c", "learnig_rate": 1e-5}, r"training.stage2_variants\[2\] \(mix-c\).learnig_rate: Extra inputs"),
+    ({"name": "mix-c", "batch_size": 0}, r"training.stage2_variants\[2\] \(mix-c\).batch_size: .*greater than 0"),
+    ({"name": "mix-a"}, r"training.stage2_variants: .*\['mix-a'\] appear more than once"),
+])
+def test_stage2_variants_are_typed_at_load(variant, field):
+    variants = [{"name": "mix-a"}, {"name": "mix-b", "learning_rate": 2e-5}, variant]
+    with pytest.raises(RecipeError, match=field):
+        load_recipe(LOCAL, {"training.stage2_variants": variants})
+
+
+def test_variant_resolves_over_stage2():
+    recipe = load_recipe(LOCAL)
+    mix_b = recipe.training.variants()[1]
+    resolved = mix_b.resolve(recipe.training.stage2)
+    assert resolved.name == "stage2-mix-b" and resolved.learning_rate == 2e-5
+    assert resolved.batch_size == recipe.training.stage2.batch_size
+    assert mix_b.overrides() == {"name": "mix-b", "learning_rate": 2e-5}
+
+
+def test_ablation_cells_are_checked_at_load():
+    with pytest.raises(RecipeError, match=r"pipeline.ablation.losses\[0\]: Input should be 'hard_negative_infonce'"):
+        load_recipe(LOCAL, {"pipeline.ablation.losses": ["infonse"]})
+    with pytest.raises(RecipeError, match=r"merge_sets\[0\]: \['mix-a', 'mix-z'\] names no or unknown .*\['mix-z'\]"):
+        load_recipe(LOCAL, {"pipeline.ablation.merge_sets": [["mix-a", "mix-z"]]})
+    with pytest.raises(RecipeError, match=r"generator_mixes \(m\): unknown generators \['nope'\]"):
+        load_recipe(LOCAL, {"pipeline.ablation.generator_mixes": [{"name": "m", "shares": {"nope": 1.0}}]})
+    with pytest.raises(RecipeError, match=r"generator_mixes\[0\] \(m\): generator mix 'm': give at least one"):
+        load_recipe(LOCAL, {"pipeline.ablation.generator_mixes": [{"name": "m", "shares": {"smollm2-135m": 0}}]})
+
+
+def test_cross_field_rules_live_in_the_models():
+    with pytest.raises(RecipeError, match=r"sdg: sdg.second_step_generator 'other' is not one of: smollm2-135m"):
+        load_recipe(LOCAL, {"sdg.second_step_generator": "other"})
+    with pytest.raises(RecipeError, match=r"merge.weights: 3 weights for the 2 stage-2 variants merged"):
+        load_recipe(LOCAL, {"merge.method": "weighted", "merge.weights": [1, 1, 1]})
+    with pytest.raises(RecipeError, match="weighted needs merge.weights"):
+        load_recipe(LOCAL, {"merge.method": "weighted"})
+    assert load_recipe(LOCAL, {"merge.method": "weighted", "merge.weights": [1, 3]}).merge.weights == [1, 3]
+
+
+def test_one_seed_at_the_root():
+    recipe = load_recipe(LOCAL, ["seed=7"])
+    assert recipe.data.seed == recipe.sdg.seed == recipe.mining.seed == recipe.training.seed == 7
+    with pytest.raises(RecipeError, match=r"mining.seed: set the recipe's root `seed` instead"):
+        load_recipe(LOCAL, ["mining.seed=3"])
+
+
+def test_one_name_per_stage():
+    recipe = load_recipe(LOCAL)
+    assert (recipe.training.stage1.name, recipe.training.stage2.name) == ("stage1", "stage2")
+    assert {"weight_stage1", "weight_stage2"} <= set(recipe.data.sources[0].model_dump())
+    with pytest.raises(RecipeError, match=r"data.sources\[0\] \(pydoc\).weight_pretrain: Extra inputs"):
+        load_recipe(LOCAL, ["data.sources.0.weight_pretrain=1"])
+    with pytest.raises(RecipeError, match="model.max_query_length: Extra inputs"):
+        load_recipe(LOCAL, ["model.max_query_length=64"])

@@ -236,7 +236,7 @@ def test_preflight_checks_every_remote_input(s3_env, tmp_path):
     host, port = s3_env
     (tmp_path / "d.jsonl").write_text('{"query": "q", "positives": ["p"]}\n')
     storage.upload(tmp_path / "d.jsonl", "s3://inputs/sets/d.jsonl")
-    source = {"kind": "jsonl", "task_type": "retrieval", "weight_pretrain": 1.0, "weight_finetune": 1.0}
+    source = {"kind": "jsonl", "task_type": "retrieval", "weight_stage1": 1.0, "weight_stage2": 1.0}
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "local.yaml", {
         "pipeline.artifact_root": "s3://fresh-artifacts/runs", "pipeline.s3_endpoint": f"{host}:{port}",
         "pipeline.s3_secure": False, "pipeline.mlflow_tracking_uri": str(tmp_path / "mlruns"), "sdg.enabled": False,

@@ -106,7 +106,7 @@ def test_two_stage_hand_over(tiny_encoder, records, stage1_run, tmp_path):
     s2 = train_stage(recipe, "stage2", records, stage1, tmp_path / "stage2",
                      variant={"name": "mix-b", "learning_rate": 5e-4})
     assert (s1["hard_negatives"], s2["hard_negatives"]) == (1, 4)
-    assert s2["init_model"] == str(stage1) and s2["stage_name"] == "finetune-mix-b"
+    assert s2["init_model"] == str(stage1) and s2["stage_name"] == "stage2-mix-b"
     assert len(s1["history"]) == 4 and len(s2["history"]) == 2
     assert s2["history"][0]["lr"] == 0.0  # one warm-up step
     assert s2["history"][1]["lr"] == pytest.approx(5e-4)  # the variant's peak, not the stage's 1e-3
@@ -214,8 +214,8 @@ def test_mlflow_logs_to_the_active_run_only(tiny_encoder, records, tmp_path):
         assert data.params["training.loss"] == "hard_negative_infonce" and data.params["train.stage1.steps"] == "2"
         for name in ("loss", "lr", "grad_norm", "tokens_per_s"):
             assert len(client.get_metric_history(run.info.run_id, f"stage1.{name}")) == 2, name
-        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model-pretrain")]
-        assert "model-pretrain/embedpipe.json" in artifacts and "model-pretrain/model.safetensors" in artifacts
+        artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "model-stage1")]
+        assert "model-stage1/embedpipe.json" in artifacts and "model-stage1/model.safetensors" in artifacts
     finally:
         mlflow.set_tracking_uri("")
 

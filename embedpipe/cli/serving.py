@@ -58,7 +58,10 @@ def register(app: typer.Typer) -> None:
         from embedpipe.deploy.kserve import render_inference_service, render_serving_runtime
         from embedpipe.deploy.validate import ManifestError, validate_documents
 
-        registry, tag, selector, gpu_resource = "ghcr.io/embedpipe", "0.1.0", None, "nvidia.com/gpu"
+        from embedpipe.orchestration.config import GPU_ACCELERATOR
+        from embedpipe.orchestration.images import DEFAULT_REGISTRY, DEFAULT_TAG
+
+        registry, tag, selector, gpu_resource = DEFAULT_REGISTRY, DEFAULT_TAG, None, GPU_ACCELERATOR
         if recipe is not None:
             from embedpipe.recipe import load_recipe
 

@@ -32,17 +32,22 @@ def register(app: typer.Typer) -> None:
 
         from embedpipe.recipe import load_recipe
 
-        loaded = load_recipe(recipe, override)
+        from embedpipe.training.config import Stage2Variant
+
+        loaded = load_recipe(recipe, override)  # a bad recipe or override fails here, before any process starts
         variant_json = None
         if variant:
             if variant.lstrip().startswith("{"):
-                variant_json = variant
+                try:
+                    variant_json = json.dumps(Stage2Variant.model_validate_json(variant).overrides())
+                except ValueError as err:
+                    raise typer.BadParameter(f"--variant {variant}: {err}") from None
             else:
-                found = [v for v in loaded.training.stage2_variants if v.get("name") == variant]
+                found = [v for v in loaded.training.variants() if v.name == variant]
                 if not found:
-                    names = ", ".join(str(v.get("name")) for v in loaded.training.stage2_variants)
+                    names = ", ".join(v.name for v in loaded.training.variants())
                     raise typer.BadParameter(f"no stage-2 variant {variant!r} in {recipe} (variants: {names})")
-                variant_json = json.dumps(found[0])
+                variant_json = json.dumps(found[0].overrides())
         args = ["--recipe", str(recipe), "--stage", stage, "--records", records, "--init-model", init_model,
                 "--out", out]
         for item in override:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from embedpipe.config_base import Section
 from embedpipe.encoder.instructions import task_type
@@ -20,8 +20,8 @@ class SourceConfig(Section):
     task_type: str = "retrieval"
     instruction: str | None = None
     language: str = "en"
-    weight_pretrain: float = Field(0.0, ge=0)
-    weight_finetune: float = Field(1.0, ge=0)
+    weight_stage1: float = Field(0.0, ge=0)
+    weight_stage2: float = Field(1.0, ge=0)
     max_records: int | None = Field(None, gt=0)
     layout: str | None = None  # column layout (embedpipe.data.sources.LAYOUTS); inferred from columns when unset
     subset: str | None = None  # HF dataset config (e.g. a MIRACL language)
@@ -78,13 +78,21 @@ class SDGConfig(Section):
     teacher_device: str = "auto"  # "auto": cuda when there is one, else cpu
     teacher_batch_size: int = Field(64, gt=0)
     brainstorm_tasks: int = Field(8, gt=0)  # tasks asked for in step one of two-step generation
-    seed: int = 42
+    seed: int = 42  # in a recipe: derived from the root seed (embedpipe.recipe.derive_seed)
+
+    @model_validator(mode="after")
+    def _second_step_generator_is_a_generator(self) -> "SDGConfig":
+        names = {g.name for g in self.generators}
+        if self.second_step_generator and self.second_step_generator not in names:
+            raise ValueError(f"sdg.second_step_generator {self.second_step_generator!r} is not one of: "
+                             f"{', '.join(sorted(names)) or '(no generators)'}")
+        return self
 
 
 class DataConfig(Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     decontaminate_against: list[str] = Field(default_factory=list)
-    seed: int = 42
-    pretrain_records: int | None = Field(None, gt=0)
-    finetune_records: int | None = Field(None, gt=0)
+    seed: int = 42  # in a recipe: derived from the root seed (embedpipe.recipe.derive_seed)
+    stage1_records: int | None = Field(None, gt=0)
+    stage2_records: int | None = Field(None, gt=0)
     lenient: bool = True

@@ -1,7 +1,7 @@
 """The data mix: which records each training stage sees, by per-source and per-stage weights.
 
 A source's weight scales its size: weight 1 takes each of its records once, 2 takes them twice (upsampling), 0.5
-half of them, 0 none. When the recipe sets a stage size (``data.pretrain_records`` / ``finetune_records``) the
+half of them, 0 none. When the recipe sets a stage size (``data.stage1_records`` / ``stage2_records``) the
 weighted sizes are rescaled to it, keeping the proportions. Sampling is seeded, so a stage's records are the same on
 every run with the same seed.
 """
@@ -24,7 +24,7 @@ def stage_weights(recipe, stage: Stage, weights_override: dict[str, float] | Non
     """Source name -> weight for ``stage`` (stage1 = pretraining weights, stage2 = fine-tuning weights)."""
     if stage not in ("stage1", "stage2"):
         raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
-    attr = "weight_pretrain" if stage == "stage1" else "weight_finetune"
+    attr = "weight_stage1" if stage == "stage1" else "weight_stage2"
     weights = {s.name: float(getattr(s, attr)) for s in recipe.data.sources}
     stage_cfg = getattr(recipe.training, stage, None)
     for overrides in (getattr(stage_cfg, "data_weights", None), weights_override):
@@ -78,7 +78,7 @@ def select_stage_records(records: list[Record], recipe, stage: Stage, weights_ov
     if unknown:
         log.warning("records from sources not in the recipe (weight 1): %s", ", ".join(unknown))
         weights.update({name: 1.0 for name in unknown})
-    total = recipe.data.pretrain_records if stage == "stage1" else recipe.data.finetune_records
+    total = recipe.data.stage1_records if stage == "stage1" else recipe.data.stage2_records
     counts = allocate({k: len(v) for k, v in by_source.items()}, weights, total)
     rng = random.Random(f"{recipe.data.seed if seed is None else seed}:{stage}")
     out: list[Record] = []

@@ -18,8 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from embedpipe.data.config import SourceConfig
-from embedpipe.data.schema import Record
-from embedpipe.data.sources import Loaded
+from embedpipe.data.schema import Loaded, Record
 
 UNDERLINE = re.compile(r"^([*=\-~^#])\1{2,}$")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(])")

@@ -357,3 +357,15 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[dic
                 if missing:
                     raise ValueError(f"{path}:{line_no}: field '{missing[0]}' is missing")
             yield row
+
+
+@dataclass
+class Loaded:
+    """What one source produced."""
+
+    records: list[Record] = field(default_factory=list)
+    documents: dict[str, str] = field(default_factory=dict)  # corpus id -> text
+    dropped: Counter = field(default_factory=Counter)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n

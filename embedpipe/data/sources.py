@@ -23,21 +23,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from embedpipe.data.config import SourceConfig
-from embedpipe.data.schema import ReadReport, Record, read_jsonl, read_records
+from embedpipe.data.schema import Loaded, ReadReport, Record, read_jsonl, read_records
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Loaded:
-    """What one source produced."""
-
-    records: list[Record] = field(default_factory=list)
-    documents: dict[str, str] = field(default_factory=dict)  # corpus id -> text
-    dropped: Counter = field(default_factory=Counter)
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] += n
 
 
 # --------------------------------------------------------------------------------------------------- column layouts

@@ -21,13 +21,16 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from embedpipe.orchestration.config import GPU_NODE_SELECTOR
+from embedpipe.orchestration.images import DEFAULT_REGISTRY, DEFAULT_TAG, image
+
 API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIME_API_VERSION = "serving.kserve.io/v1alpha1"
 MODEL_FORMAT = "embedpipe-encoder"
 VLLM_IMAGE = "vllm/vllm-openai:v0.33.0"
 RUNTIMES = {"vllm": "embedpipe-vllm-embed", "embedpipe": "embedpipe-serve"}
 MODEL_READER_SA = "embedpipe-model-reader"
-DEFAULT_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+DEFAULT_NODE_SELECTOR = GPU_NODE_SELECTOR
 # vLLM's LlamaBidirectionalConfig maps these config.pooling values; embedpipe writes "mean"
 VLLM_POOLING = {"mean": "avg", "avg": "avg", "cls": "cls", "last": "last"}
 # the export mean-pools and L2-normalises (embedpipe.encoder); vLLM's pooler must do the same
@@ -52,11 +55,6 @@ def check_storage_uri(uri: str) -> str:
     return uri
 
 
-def image(role: str, registry: str = "ghcr.io/embedpipe", tag: str = "0.1.0") -> str:
-    """``{registry}/embedpipe-{role}:{tag}``: the names docker/README.md builds and the pipeline uses."""
-    return f"{registry.rstrip('/')}/embedpipe-{role}:{tag}"
-
-
 def vllm_hf_overrides(model_config: dict | str | Path | None = None) -> dict:
     """The ``--hf-overrides`` vLLM needs for an embedpipe export: pooling name and non-causal attention.
 
@@ -75,8 +73,8 @@ def vllm_hf_overrides(model_config: dict | str | Path | None = None) -> dict:
     return {"pooling": VLLM_POOLING[pooling], "is_causal": False}
 
 
-def render_serving_runtime(runtime: Runtime = "vllm", image_registry: str = "ghcr.io/embedpipe",
-                           image_tag: str = "0.1.0", vllm_image: str = VLLM_IMAGE,
+def render_serving_runtime(runtime: Runtime = "vllm", image_registry: str = DEFAULT_REGISTRY,
+                           image_tag: str = DEFAULT_TAG, vllm_image: str = VLLM_IMAGE,
                            max_model_len: int = 4096) -> dict:
     """A namespaced ServingRuntime (no cluster-wide rights needed) serving ``/v1/embeddings`` on port 8080."""
     if runtime == "vllm":

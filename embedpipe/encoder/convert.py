@@ -14,13 +14,13 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig
 
+from embedpipe.assets import SMOLLM2
 from embedpipe.encoder.encoder import Encoder
 from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalConfig, LlamaBidirectionalModel
 
 log = logging.getLogger(__name__)
 
 LLAMA_FAMILY = {"llama", "llama_bidirectional"}
-SMOLLM2 = "smollm2-135m-instruct"
 _DONE = ".complete"
 
 
@@ -45,12 +45,35 @@ def ensure_base_checkpoint(name: str = SMOLLM2) -> Path:
     """Dequantise the packaged SmolLM2 GGUF once into ``<cache>/base/<name>`` (safetensors causal LM)."""
     if name != SMOLLM2:
         raise ValueError(f"unknown packaged base model {name!r}; the packaged one is {SMOLLM2!r}")
-    target = cache_dir() / "base" / name
+    return dequantise_gguf(smollm2_gguf_path(), cache_dir() / "base" / name)
+
+
+def dequantise_gguf(gguf: str | Path, target: str | Path | None = None) -> Path:
+    """A Llama-family ``.gguf`` file -> a safetensors causal-LM folder, once (cached under ``<cache>/gguf``).
+
+    transformers reads GGUF only into its own architectures (``llama``), not into the bidirectional class, so the
+    file is dequantised into a plain checkpoint first and the encoder is loaded from that. The cache key is the
+    file's path, size and modification time: a replaced file is dequantised again.
+    """
+    import hashlib
+
+    gguf = Path(gguf).resolve()
+    if target is None:
+        stat = gguf.stat()
+        key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir() / "gguf" / f"{gguf.stem}-{key}"
+    target = Path(target)
     if (target / _DONE).exists():
         return target
     from transformers import AutoModelForCausalLM
 
-    gguf = smollm2_gguf_path()
+    try:
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as err:  # transformers raises several types for unreadable files
+        raise ValueError(f"cannot read the model config of {gguf}: {err}") from err
+    if config.model_type not in LLAMA_FAMILY:
+        raise ValueError(f"{gguf} is a {config.model_type!r} GGUF file; only Llama-family models "
+                         f"({', '.join(sorted(LLAMA_FAMILY))}) can be made bidirectional")
     log.info("dequantising %s into %s (once)", gguf.name, target)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -73,7 +96,8 @@ def ensure_base_checkpoint(name: str = SMOLLM2) -> Path:
 
 
 def resolve_source(source: str | Path) -> tuple[Path, str | None]:
-    """Map ``source`` to (folder, gguf file name or None): an alias, a folder, or a ``.gguf`` file."""
+    """Map ``source`` to a checkpoint folder (the second item is kept None for callers that unpack a pair): the
+    packaged alias, a folder, or a Llama-family ``.gguf`` file (dequantised once into the cache)."""
     if str(source) == SMOLLM2:
         return ensure_base_checkpoint(SMOLLM2), None
     path = Path(source)
@@ -82,7 +106,7 @@ def resolve_source(source: str | Path) -> tuple[Path, str | None]:
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"{path} is a file but not a .gguf file; give a checkpoint folder or a GGUF file")
-        return path.parent, path.name
+        return dequantise_gguf(path), None
     if not (path / "config.json").exists():
         raise ValueError(f"{path} has no config.json: not a Hugging Face checkpoint folder")
     return path, None

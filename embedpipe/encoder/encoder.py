@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from embedpipe.encoder.export import EXPORT_MARKER, save_encoder
 from embedpipe.encoder.instructions import format_document, format_query
 from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalModel, mean_pool
 
 log = logging.getLogger(__name__)
 
-EXPORT_MARKER = "embedpipe.json"
 
 
 class NotAnEncoderExport(ValueError):
@@ -188,7 +188,6 @@ class Encoder:
         return self.encode([format_document(t, instruction, task_type) for t in texts], **kwargs)
 
     def save(self, out_dir: str | Path, **metadata) -> Path:
-        from embedpipe.encoder.export import save_encoder
 
         return save_encoder(self.model, self.tokenizer, out_dir, max_length=self.max_length,
                             query_max_length=self.query_max_length, **metadata)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from embedpipe.encoder.encoder import EXPORT_MARKER
 from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalModel
+
+EXPORT_MARKER = "embedpipe.json"  # the file that makes a folder an encoder export
 
 FORMAT_VERSION = 1
 

@@ -50,7 +50,7 @@ class MiningConfig(Section):
     # A record whose positive is not in the corpus (by id, or by text when it has no ids): true = count and drop it;
     # false = embed the positive text with each teacher and mine for it anyway.
     skip_missing_positive: bool = True
-    seed: int = 42
+    seed: int = 42  # in a recipe: derived from the root seed (embedpipe.recipe.derive_seed)
 
     @model_validator(mode="after")
     def _check(self) -> "MiningConfig":

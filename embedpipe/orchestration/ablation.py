@@ -11,30 +11,24 @@ import tempfile
 from pathlib import Path
 
 from embedpipe.orchestration import steps
+from embedpipe.orchestration.config import AblationCell
 from embedpipe.recipe import Recipe, RecipeError
 
 
 def _generator_override(recipe: Recipe, shares: dict[str, float]) -> list[dict]:
-    known = {g.name for g in recipe.sdg.generators}
-    unknown = sorted(set(shares) - known)
-    if unknown:
-        raise RecipeError(f"pipeline.ablation.generator_mixes: unknown generators {unknown}; the recipe has {sorted(known)}")
-    generators = [{**g.model_dump(mode="json"), "share": shares[g.name]} for g in recipe.sdg.generators
-                  if shares.get(g.name, 0) > 0]
-    if not generators:
-        raise RecipeError("pipeline.ablation.generator_mixes: a mix must give at least one generator a share > 0")
-    return generators
+    """The recipe's generators with a mix's shares (names and shares are checked when the recipe loads)."""
+    return [{**g.model_dump(mode="json"), "share": shares[g.name]} for g in recipe.sdg.generators
+            if shares.get(g.name, 0) > 0]
 
 
 def grid_cells(recipe: Recipe) -> list[dict]:
-    """The cells of ``pipeline.ablation``: ``{"name", "overrides": {section.key: value}, "merge_set": [...]}``."""
+    """The cells of ``pipeline.ablation`` (:class:`AblationCell` as dicts, the form KFP's loop passes on).
+
+    The axes are checked when the recipe loads (typed losses, known variants and generators); each cell's recipe is
+    validated here once more as a whole, so a combination that cannot run fails before any training.
+    """
     grid = recipe.pipeline.ablation
-    variant_names = [v["name"] for v in steps.stage2_variants(recipe)]
-    for merge_set in grid.merge_sets:
-        missing = sorted(set(merge_set) - set(variant_names))
-        if missing or not merge_set:
-            raise RecipeError(f"pipeline.ablation.merge_sets: {merge_set} names no or unknown stage-2 variants "
-                              f"{missing}; known: {variant_names}")
+    variant_names = [v.name for v in recipe.training.variants()]
     losses = grid.losses or [recipe.training.loss]
     mixes = [(m.name, _generator_override(recipe, m.shares)) for m in grid.generator_mixes] or [("recipe", None)]
     merge_sets = grid.merge_sets or [variant_names]
@@ -44,15 +38,15 @@ def grid_cells(recipe: Recipe) -> list[dict]:
         if generators is not None:
             overrides["sdg.generators"] = generators
         name = f"loss={loss},sdg={mix_name},merge={'+'.join(merge_set)}"
-        cells.append({"name": name, "overrides": overrides, "merge_set": list(merge_set),
-                      "axes": {"loss": loss, "sdg_mix": mix_name, "merge_set": "+".join(merge_set)}})
+        cells.append(AblationCell(name=name, overrides=overrides, merge_set=list(merge_set),
+                                  axes={"loss": loss, "sdg_mix": mix_name, "merge_set": "+".join(merge_set)}))
     recipe_json = recipe.model_dump_json()
-    for cell in cells:  # every cell's overrides validate (a bad loss in the last cell fails here, not hours later)
+    for cell in cells:  # every cell's recipe validates (a mix without the second-step generator fails here)
         try:
-            steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
+            steps.recipe_from_json(recipe_json, json.dumps(cell.overrides))
         except RecipeError as err:
-            raise RecipeError(f"pipeline.ablation cell {cell['name']!r}: {err}") from None
-    return cells
+            raise RecipeError(f"pipeline.ablation cell {cell.name!r}: {err}") from None
+    return [cell.model_dump(mode="json") for cell in cells]
 
 
 def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: str, out_dir: str) -> dict:

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 from kfp import kubernetes
 
+from embedpipe.orchestration.config import GPU_ACCELERATOR, GPU_NODE_SELECTOR, GPU_TOLERATIONS
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    node_selector: dict[str, str] = field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"})
-    tolerations: tuple[dict, ...] = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
-    accelerator: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=lambda: dict(GPU_NODE_SELECTOR))
+    tolerations: tuple[dict, ...] = GPU_TOLERATIONS
+    accelerator: str = GPU_ACCELERATOR
     gpus_per_node: int = 1
     multi_node: bool = False
     s3_secret: str = "embedpipe-s3"

@@ -208,12 +208,8 @@ def variant_name(variant: dict | None, index: int | None = None) -> str:
 
 
 def stage2_variants(recipe: Recipe) -> list[dict]:
-    """The recipe's stage-2 runs (at least one: the plain stage-2 settings)."""
-    variants = recipe.training.stage2_variants or [{"name": recipe.training.stage2.name}]
-    names = [variant_name(v, i) for i, v in enumerate(variants)]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"training.stage2_variants: names must be unique, got {names}")
-    return [{**v, "name": n} for v, n in zip(variants, names)]
+    """The recipe's stage-2 runs as ``train(variant=...)`` dicts (typed and checked when the recipe loads)."""
+    return [v.overrides() for v in recipe.training.variants()]
 
 
 def read_summary(folder: str | os.PathLike) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from embedpipe.config_base import Section
 
@@ -14,7 +14,7 @@ LossName = Literal["hard_negative_infonce", "in_batch", "same_tower", "gecko", "
 class StageConfig(Section):
     """One stage's optimisation settings (TRL style: a config dataclass beside its trainer)."""
 
-    name: str = "stage"
+    name: str = "stage"  # run and artifact name; defaults to the stage ("stage1", "stage2")
     task_types: list[str] | None = None  # None = every task type in the data
     learning_rate: float = Field(1e-5, gt=0)
     batch_size: int = Field(2048, gt=0)  # global batch (queries per optimiser step)
@@ -37,18 +37,79 @@ class StageConfig(Section):
     short_records: Literal["error", "drop"] = "error"
 
 
+class Stage2Variant(Section):
+    """One stage-2 run: a name and the ``training.stage2`` settings it changes (unset fields keep stage 2's).
+
+    Typed like :class:`StageConfig`, so ``learnig_rate`` or ``batch_size: 0`` is an error when the recipe loads, and
+    the error names the variant (``training.stage2_variants[1] (mix-b).batch_size``).
+    """
+
+    name: str = Field(min_length=1)
+    task_types: list[str] | None = None
+    learning_rate: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    micro_batch_size: int | None = Field(None, gt=0)
+    steps: int | None = Field(None, gt=0)
+    hard_negatives: int | None = Field(None, ge=0)
+    warmup_steps: int | None = Field(None, ge=0)
+    schedule: Literal["linear", "constant", "cosine"] | None = None
+    weight_decay: float | None = Field(None, ge=0)
+    max_query_length: int | None = Field(None, gt=0)
+    max_document_length: int | None = Field(None, gt=0)
+    gradient_checkpointing: bool | None = None
+    checkpoint_every: int | None = Field(None, gt=0)
+    data_weights: dict[str, float] | None = None
+    max_grad_norm: float | None = Field(None, gt=0)
+    max_tokens_per_forward: int | None = Field(None, gt=0)
+    log_every: int | None = Field(None, gt=0)
+    short_records: Literal["error", "drop"] | None = None
+
+    def overrides(self) -> dict:
+        """The settings this variant sets, with its name (the dict ``train_stage(variant=...)`` takes)."""
+        return self.model_dump(exclude_none=True)
+
+    def resolve(self, base: StageConfig) -> StageConfig:
+        """``base`` with this variant's settings; the run is named ``<base name>-<variant name>``."""
+        merged = {**base.model_dump(), **self.overrides(), "name": f"{base.name}-{self.name}"}
+        return StageConfig.model_validate(merged)
+
+
 class TrainingConfig(Section):
     backend: Literal["torch", "deepspeed", "fsdp"] = "torch"
     deepspeed_config: str | None = None
     loss: LossName = "hard_negative_infonce"
     temperature: float = Field(0.02, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 42
-    stage1: StageConfig = Field(default_factory=lambda: StageConfig(name="pretrain", hard_negatives=1))
-    stage2: StageConfig = Field(default_factory=lambda: StageConfig(name="finetune", hard_negatives=4))
-    stage2_variants: list[dict] = Field(default_factory=list)  # each: {"name": ..., **StageConfig overrides}
+    seed: int = 42  # in a recipe: derived from the root seed (embedpipe.recipe.derive_seed)
+    stage1: StageConfig = Field(default_factory=lambda: StageConfig(name="stage1", hard_negatives=1))
+    stage2: StageConfig = Field(default_factory=lambda: StageConfig(name="stage2", hard_negatives=4))
+    stage2_variants: list[Stage2Variant] = Field(default_factory=list)  # empty: one run with ``stage2`` as it is
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_epsilon: float = Field(1e-8, gt=0)
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_named_after_themselves(cls, tree):
+        """A stage's name defaults to its key: ``stage1`` / ``stage2`` (one name per stage everywhere)."""
+        if isinstance(tree, dict):
+            tree = dict(tree)
+            for stage in ("stage1", "stage2"):
+                if isinstance(tree.get(stage), dict) and "name" not in tree[stage]:
+                    tree[stage] = {**tree[stage], "name": stage}
+        return tree
+
+    @field_validator("stage2_variants")
+    @classmethod
+    def _unique_variant_names(cls, variants: list[Stage2Variant]) -> list[Stage2Variant]:
+        names = [v.name for v in variants]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"stage-2 variant names must be unique; {doubled} appear more than once")
+        return variants
+
+    def variants(self) -> list[Stage2Variant]:
+        """The stage-2 runs: the recipe's variants, or one named after ``stage2`` when it lists none."""
+        return list(self.stage2_variants) or [Stage2Variant(name=self.stage2.name)]

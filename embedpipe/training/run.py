@@ -204,10 +204,12 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     if stage_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    if torch.distributed.is_initialized() and world_size > 1:
-        _broadcast_init(model)
+    # Every rank loads the same file; the backends make rank 0's weights the start of all of them *on the device*
+    # (DDP and DeepSpeed broadcast at construction, after placing the model). No collective may run before that:
+    # NCCL takes no CPU tensors.
     backend = make_backend(training.backend, model, stage_cfg, training, device, rank, world_size, accumulation,
                            bf16, micro)
+    check_on_device(backend.module, device)
 
     store = CheckpointStore(str(checkpoint_dir), rank, world_size) if checkpoint_dir else None
     start_step, resumed_from = 0, None
@@ -294,10 +296,12 @@ def _null():
     return contextlib.nullcontext()
 
 
-def _broadcast_init(model) -> None:
-    """Every rank starts from rank 0's weights (they load the same file; this makes it a guarantee)."""
-    for p in model.parameters():
-        torch.distributed.broadcast(p.data, src=0)
+def check_on_device(module, device) -> None:
+    """Every parameter and buffer of the wrapped model is on the training device, before the first collective."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2 DTensor shards
+        if local.device.type != device.type or (device.index is not None and local.device.index != device.index):
+            raise RuntimeError(f"training: {name} is on {local.device}, not on the training device {device}")
 
 
 def _replica_checksums(backend, name: str, device) -> list[float] | None:

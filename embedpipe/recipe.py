@@ -59,6 +59,7 @@ class PipelineConfig(Section):
     kfp_host: str | None = None  # the KFP API endpoint `embedpipe submit` sends to
     namespace: str = "kubeflow"  # where multi-node training jobs are created
     job_timeout_s: int = Field(7 * 24 * 3600, gt=0)  # a multi-node training job that runs longer fails the step
+    queue_name: str | None = None  # Kueue LocalQueue (label kueue.x-k8s.io/queue-name) of GPU pods and training jobs
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
 

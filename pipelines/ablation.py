@@ -32,9 +32,11 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
             mined = on_gpus(mine(recipe_json=recipe_json, data=data.outputs["data"],
                                  synthetic=sdg.outputs["synthetic"], overrides_json=cell), settings, 1)
             stage1 = on_gpus(train_stage1(recipe_json=recipe_json, records=mined.outputs["records"],
-                                          overrides_json=cell), settings, settings.gpus_per_node, "16", "200Gi")
+                                          overrides_json=cell,
+                                          run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), settings, settings.gpus_per_node, "16", "200Gi")
             merged = on_gpus(train_merge_set(recipe_json=recipe_json, records=mined.outputs["records"],
-                                             init_model=stage1.outputs["model"], cell_json=cell),
+                                             init_model=stage1.outputs["model"], cell_json=cell,
+                                             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                              settings, settings.gpus_per_node, "16", "200Gi").set_display_name("stage 2 + merge")
             scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
                                       data=data.outputs["data"], overrides_json=cell), settings, 1)

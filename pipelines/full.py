@@ -32,21 +32,24 @@ def sdg_steps(settings: ClusterSettings, recipe_json, data, after):
     return on_gpus(synthesize(recipe_json=recipe_json, data=data, generate=False), settings, 1) \
         .after(*generated).set_display_name("SDG filter")
 
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's id: its training checkpoints live under it
+
 
 def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
     """The pipeline for a node pool; with ``settings.multi_node`` the training steps launch PyTorchJobs."""
 
     def train1(recipe_json, records):
         if settings.multi_node:
-            return on_cpu(train_stage1_job(recipe_json=recipe_json, records=records), settings, "1", "4Gi")
-        return on_gpus(train_stage1(recipe_json=recipe_json, records=records), settings, settings.gpus_per_node,
-                       "16", "200Gi")
+            return on_cpu(train_stage1_job(recipe_json=recipe_json, records=records, run_id=RUN_ID), settings, "1", "4Gi")
+        return on_gpus(train_stage1(recipe_json=recipe_json, records=records, run_id=RUN_ID), settings,
+                       settings.gpus_per_node, "16", "200Gi")
 
     def train2(recipe_json, records, init, variant):
         if settings.multi_node:
             return on_cpu(train_stage2_job(recipe_json=recipe_json, records=records, init_model=init,
-                                           variant_json=variant), settings, "1", "4Gi")
-        return on_gpus(train_stage2(recipe_json=recipe_json, records=records, init_model=init, variant_json=variant),
+                                           variant_json=variant, run_id=RUN_ID), settings, "1", "4Gi")
+        return on_gpus(train_stage2(recipe_json=recipe_json, records=records, init_model=init, variant_json=variant,
+                                    run_id=RUN_ID),
                        settings, settings.gpus_per_node, "16", "200Gi")
 
     @dsl.pipeline(name="embedpipe-full", description=__doc__.splitlines()[0])

@@ -36,6 +36,7 @@ class FakeApiServer:
     def __init__(self, responses: list):
         self.responses = list(responses)
         self.delete_status = 200
+        self.post_status = 201
         self.requests: list[tuple[str, str, dict | None]] = []
         outer = self
 
@@ -62,7 +63,11 @@ class FakeApiServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(("POST", self.path, body))
-                self._reply(201, body)
+                if outer.post_status == 201:
+                    self._reply(201, body)
+                else:
+                    self._reply(outer.post_status, {"kind": "Status", "code": outer.post_status,
+                                                    "reason": "AlreadyExists"})
 
             def do_DELETE(self):
                 outer.requests.append(("DELETE", self.path, None))
@@ -188,3 +193,44 @@ def test_manifest_and_create():
         server.close()
     method, path, body = server.requests[0]
     assert (method, path) == ("POST", PATH) and body == manifest
+
+
+def test_job_names_come_from_the_run_and_a_retried_launcher_reuses_its_job():
+    import re
+
+    name = k8s_jobs.job_name("llama-embed-nemotron-8b", "7f3c0a1e-run", "stage2", "Mix_B" * 20)
+    assert name == k8s_jobs.job_name("llama-embed-nemotron-8b", "7f3c0a1e-run", "stage2", "Mix_B" * 20)
+    assert name != k8s_jobs.job_name("llama-embed-nemotron-8b", "another-run", "stage2", "Mix_B" * 20)
+    assert len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name)
+    with pytest.raises(ValueError, match="run_id"):
+        k8s_jobs.job_name("x", "{{$.pipeline_job_uuid}}", "stage1")
+
+    server = FakeApiServer([RUNNING])
+    server.post_status = 409  # the first attempt of the launcher created it
+    try:
+        job = k8s_jobs.create_job(server.client(), {"metadata": {"name": "j", "namespace": "kubeflow"}})
+    finally:
+        server.close()
+    assert [m for m, _, _ in server.requests] == ["POST", "GET"] and job == RUNNING
+
+
+def test_queue_name_labels_the_job_and_every_gpu_pod_of_the_pipeline(tmp_path):
+    from kfp import compiler
+
+    from embedpipe.orchestration.cluster import QUEUE_LABEL, ClusterSettings
+    from embedpipe.pipelines.full import build_full_pipeline
+
+    spec = k8s_jobs.JobSpec(name="j", namespace="kubeflow", image="i", launch_args=[], recipe_json="{}", nodes=2,
+                            gpus_per_node=8, queue_name="gpu-a100")
+    assert k8s_jobs.pytorchjob_manifest(spec)["metadata"]["labels"][QUEUE_LABEL] == "gpu-a100"
+
+    compiler.Compiler().compile(build_full_pipeline(ClusterSettings(gpus_per_node=8, queue_name="gpu-a100")),
+                                str(tmp_path / "full.yaml"))
+    import yaml
+
+    docs = list(yaml.safe_load_all((tmp_path / "full.yaml").read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    labelled = {name for name, ex in executors.items() if (ex.get("podMetadata") or {}).get("labels", {}).get(
+        QUEUE_LABEL) == "gpu-a100"}
+    gpu_steps = {f"exec-{n}" for n in ("synthesize", "mine", "train-stage1", "train-stage2", "evaluate")}
+    assert gpu_steps <= labelled, sorted(labelled)

@@ -36,3 +36,25 @@ def test_a_retried_step_resumes_from_its_last_checkpoint(tiny_encoder, tmp_path,
     assert retried["world_size"] == 2 and retried["start_step"] == 2, json.dumps(retried, default=str)[:500]
     assert retried["resumed_from"] == "step-00000002"
     assert same_weights(tmp_path / "ref", tmp_path / "run", atol=1e-6)
+
+
+def test_checkpoints_live_under_the_runs_artifact_prefix():
+    recipe = load_recipe(RECIPE, ["pipeline.artifact_root=s3://bucket/runs"])
+    assert steps.checkpoint_folder(recipe, "run-1", "stage2", "mix b") == "s3://bucket/runs/run-1/checkpoints/stage2/mix-b"
+    assert steps.checkpoint_folder(recipe, "{{$.pipeline_job_uuid}}", "stage1") is None  # unresolved: no folder
+    assert steps.checkpoint_folder(recipe, "", "stage1") is None
+
+
+def test_the_pipeline_gives_every_training_step_the_run_id():
+    from kfp import compiler
+
+    from embedpipe.pipelines.full import build_full_pipeline
+
+    import tempfile
+    from pathlib import Path
+
+    compiled = compiler.Compiler()
+    out = Path(tempfile.mkdtemp()) / "full.yaml"
+    compiled.compile(build_full_pipeline(), str(out))
+    text = out.read_text()
+    assert text.count("{{$.pipeline_job_uuid}}") >= 2  # stage 1 and stage 2

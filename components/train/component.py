@@ -8,7 +8,7 @@ from embedpipe.orchestration.images import image
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
 def train_stage1(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model],
-                 overrides_json: str = "") -> str:
+                 overrides_json: str = "", run_id: str = "") -> str:
     import json
     import tempfile
 
@@ -16,29 +16,33 @@ def train_stage1(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.O
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     init = steps.base_model_source(recipe, tempfile.mkdtemp(prefix="embedpipe-base-"))
-    return json.dumps(steps.train(recipe, "stage1", records.path, init, model.path), default=str)
+    cell = json.loads(overrides_json) if overrides_json else {}  # an ablation cell: its own checkpoint folder
+    parts = [cell["name"], "stage1"] if isinstance(cell, dict) and cell.get("name") else ["stage1"]
+    return json.dumps(steps.train(recipe, "stage1", records.path, init, model.path,
+                                  checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts)), default=str)
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
 def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: dsl.Input[dsl.Model],
-                 variant_json: str, model: dsl.Output[dsl.Model], overrides_json: str = "") -> str:
+                 variant_json: str, model: dsl.Output[dsl.Model], overrides_json: str = "", run_id: str = "") -> str:
     import json
 
     from embedpipe.orchestration import steps
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     variant = json.loads(variant_json)
-    summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant)
+    summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant,
+                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, "stage2", steps.variant_name(variant)))
     return json.dumps({"variant": variant, **summary}, default=str)
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
 def train_merge_set(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: dsl.Input[dsl.Model],
-                    cell_json: str, merged: dsl.Output[dsl.Model]) -> str:
+                    cell_json: str, merged: dsl.Output[dsl.Model], run_id: str = "") -> str:
     """An ablation cell's stage-2 variants (its merge set), trained from its stage-1 model, then merged."""
     import json
 
     from embedpipe.orchestration import ablation
 
     return json.dumps(ablation.train_and_merge(json.loads(cell_json), recipe_json, records.path, init_model.path,
-                                               merged.path), default=str)
+                                               merged.path, run_id=run_id), default=str)

@@ -8,30 +8,29 @@ from embedpipe.orchestration.images import image
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
-def train_stage1_job(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model]) -> str:
+def train_stage1_job(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model],
+                     run_id: str = "") -> str:
     import json
-    import uuid
 
     from embedpipe.orchestration import k8s_jobs, steps
 
     recipe = steps.recipe_from_json(recipe_json)
     if recipe.model.random_init:
         raise ValueError("model.random_init is for local smoke runs; multi-node training needs a real base model")
-    name = f"embedpipe-{recipe.name}-stage1-{uuid.uuid4().hex[:6]}".lower()[:63]
+    name = k8s_jobs.job_name(recipe.name, run_id, "stage1")  # a retried launcher finds its job again
     return json.dumps(k8s_jobs.run_distributed_stage(recipe, "stage1", records.path, recipe.model.base, model.path,
                                                      None, name), default=str)
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
 def train_stage2_job(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: dsl.Input[dsl.Model],
-                     variant_json: str, model: dsl.Output[dsl.Model]) -> str:
+                     variant_json: str, model: dsl.Output[dsl.Model], run_id: str = "") -> str:
     import json
-    import uuid
 
     from embedpipe.orchestration import k8s_jobs, steps
 
     recipe = steps.recipe_from_json(recipe_json)
     variant = json.loads(variant_json)
-    name = f"embedpipe-{recipe.name}-{variant['name']}-{uuid.uuid4().hex[:6]}".lower().replace("_", "-")[:63]
+    name = k8s_jobs.job_name(recipe.name, run_id, "stage2", steps.variant_name(variant))
     summary = k8s_jobs.run_distributed_stage(recipe, "stage2", records.path, init_model.path, model.path, variant, name)
     return json.dumps({"variant": variant, **summary}, default=str)

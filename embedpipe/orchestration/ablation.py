@@ -49,8 +49,10 @@ def grid_cells(recipe: Recipe) -> list[dict]:
     return [cell.model_dump(mode="json") for cell in cells]
 
 
-def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: str, out_dir: str) -> dict:
-    """Train the cell's merge set of stage-2 variants from its stage-1 model, in turn, and merge them."""
+def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: str, out_dir: str,
+                    run_id: str = "") -> dict:
+    """Train the cell's merge set of stage-2 variants from its stage-1 model, in turn, and merge them (each variant
+    checkpoints under the run's artifact prefix, so a retried cell resumes)."""
     recipe = steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
     variants = {v["name"]: v for v in steps.stage2_variants(recipe)}
     work = Path(tempfile.mkdtemp(prefix="embedpipe-cell-", dir=os.environ.get("EMBEDPIPE_WORK_DIR")))
@@ -59,7 +61,9 @@ def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: 
         for name in cell["merge_set"]:
             target = work / name
             summaries.append({"variant": variants[name],
-                              **steps.train(recipe, "stage2", records_dir, init_model, target, variant=variants[name])})
+                              **steps.train(recipe, "stage2", records_dir, init_model, target, variant=variants[name],
+                                            checkpoint_dir=steps.checkpoint_folder(recipe, run_id, cell["name"],
+                                                                                   "stage2", name))})
             dirs.append(str(target))
         merged = steps.merge(recipe, dirs, out_dir) if len(dirs) > 1 else _copy_single(dirs[0], out_dir)
     finally:

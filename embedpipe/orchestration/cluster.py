@@ -9,6 +9,8 @@ from kfp import kubernetes
 
 from embedpipe.orchestration.config import GPU_ACCELERATOR, GPU_NODE_SELECTOR, GPU_TOLERATIONS
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -29,6 +31,7 @@ class ClusterSettings:
     sdg_generators: tuple[tuple[str, int], ...] = ()
     mining_embed_tasks: int = 1  # GPU tasks the corpus embedding fans out over before the mining step
     hub_env: bool = True  # False for kfp.local runs: no cache volume there, the machine's own HF settings apply
+    queue_name: str | None = None  # Kueue LocalQueue of every GPU pod
 
     @classmethod
     def from_recipe(cls, recipe, local: bool = False) -> "ClusterSettings":
@@ -49,6 +52,7 @@ class ClusterSettings:
             if recipe.sdg.enabled else (),
             mining_embed_tasks=recipe.mining.embed_tasks,
             hub_env=not local,
+            queue_name=p.queue_name,
         )
 
     @property
@@ -70,6 +74,8 @@ def on_gpus(task, settings: ClusterSettings, gpus: int, cpu: str = "8", memory: 
     with_models(task, settings)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
                                size_limit=settings.shm_size)
+    if settings.queue_name:  # Kueue admits the pod from this LocalQueue (pod integration)
+        kubernetes.add_pod_label(task, label_key=QUEUE_LABEL, label_value=settings.queue_name)
     return with_s3(task, settings)
 
 

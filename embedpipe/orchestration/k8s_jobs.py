@@ -45,6 +45,14 @@ class JobSpec:
     cpu: str = "16"
     memory: str = "200Gi"
     shm: str = "64Gi"
+    queue_name: str | None = None  # Kueue LocalQueue: label on the job (Kueue's PyTorchJob/TrainJob integration)
+
+
+def job_labels(spec: JobSpec) -> dict[str, str]:
+    labels = {"app.kubernetes.io/part-of": "embedpipe"}
+    if spec.queue_name:
+        labels["kueue.x-k8s.io/queue-name"] = spec.queue_name
+    return labels
 
 
 def pytorchjob_manifest(spec: JobSpec) -> dict:
@@ -81,13 +89,26 @@ def pytorchjob_manifest(spec: JobSpec) -> dict:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PyTorchJob",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": {"app.kubernetes.io/part-of": "embedpipe"}},
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels(spec)},
         "spec": {
             "nprocPerNode": str(spec.gpus_per_node),
             "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
             "pytorchReplicaSpecs": replicas,
         },
     }
+
+
+def job_name(recipe_name: str, run_id: str, *parts: str) -> str:
+    """A DNS-1035 job name derived from the pipeline run (not random): the same run and stage give the same name, so
+    a retried launcher step finds the job it created instead of starting a second one."""
+    import hashlib
+    import re
+
+    if not run_id or "{{" in run_id:
+        raise ValueError("multi-node training needs the pipeline run's id (run_id) to name its job")
+    digest = hashlib.sha256("/".join([run_id, *parts]).encode()).hexdigest()[:10]
+    stem = re.sub(r"[^a-z0-9-]+", "-", "-".join(["embedpipe", recipe_name, *parts]).lower()).strip("-")
+    return f"{stem[:63 - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def job_state(job: dict) -> tuple[str, str]:
@@ -100,10 +121,19 @@ def job_state(job: dict) -> tuple[str, str]:
 
 
 def create_job(api_client, manifest: dict) -> dict:
+    """Create the job; when it exists already (a retried launcher step) the existing one is returned and waited on."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     api = client.CustomObjectsApi(api_client)
-    return api.create_namespaced_custom_object(GROUP, VERSION, manifest["metadata"]["namespace"], PLURAL, manifest)
+    namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    try:
+        return api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    except ApiException as err:
+        if err.status != 409:
+            raise
+    log.info("PyTorchJob %s/%s exists (a retried launcher): waiting on it", namespace, name)
+    return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
 def delete_job(api_client, name: str, namespace: str) -> None:
@@ -191,7 +221,7 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
         tolerations=[t.model_dump(exclude_none=True) for t in pipeline.gpu_tolerations],
         secret_envs={pipeline.s3_secret: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                                           "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}},
-        env=env,
+        env=env, queue_name=pipeline.queue_name,
     )
     if api_client is None:
         from embedpipe.deploy.apply import kube_client

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -163,14 +164,56 @@ def base_model_source(recipe: Recipe, work_dir: str | os.PathLike) -> str:
     return recipe.model.base
 
 
+def checkpoint_folder(recipe: Recipe, run_id: str, *parts: str) -> str | None:
+    """Where a training step of pipeline run ``run_id`` keeps its checkpoints: ``<artifact_root>/<run_id>/checkpoints/
+    <parts>`` (local or s3://). The same run gives the same folder, so a retried pod resumes from the last one;
+    None without a run id (or with a placeholder KFP did not resolve)."""
+    from embedpipe import storage
+
+    if not run_id or "{{" in run_id:
+        return None
+    clean = [re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)).strip("-") or "x" for p in (run_id, *parts)]
+    return storage.join(recipe.pipeline.artifact_root, clean[0], "checkpoints", *clean[1:])
+
+
 @timed
 def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
           variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None) -> dict:
-    """One training stage (a stage-2 variant when ``variant`` is given); ``out_dir`` becomes an encoder export."""
+    """One training stage (a stage-2 variant when ``variant`` is given); ``out_dir`` becomes an encoder export.
+
+    With ``training.gpus_per_node`` above 1 (one node) the stage runs as that many processes under torch's elastic
+    launcher, one per GPU; ``checkpoint_dir`` (local or s3://) makes a retried step resume from its last checkpoint."""
     from embedpipe.training.run import train_stage
 
-    return train_stage(recipe, stage, Path(records_dir) / "records.jsonl", init_model, Path(out_dir),
+    records = Path(records_dir) / "records.jsonl"
+    nproc = recipe.training.gpus_per_node
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return train_local_processes(recipe, stage, records, init_model, out_dir, variant, checkpoint_dir, nproc)
+    return train_stage(recipe, stage, records, init_model, Path(out_dir),
                        variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
+
+
+def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model: str, out_dir, variant, checkpoint_dir,
+                          nproc: int) -> dict:
+    """The stage as ``nproc`` local processes (torch.distributed elastic launch); returns rank 0's summary."""
+
+    import torch
+
+    from embedpipe.training.launch import launch_local
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < nproc:
+        raise RuntimeError(f"training.gpus_per_node is {nproc} but this pod sees {torch.cuda.device_count()} GPUs "
+                           "(CUDA_VISIBLE_DEVICES / the step's GPU request)")
+    work = Path(tempfile.mkdtemp(prefix="embedpipe-train-"))
+    (work / "recipe.json").write_text(recipe.model_dump_json())
+    argv = ["--recipe", str(work / "recipe.json"), "--stage", stage, "--records", str(records), "--init-model",
+            str(init_model), "--out", str(out_dir), "--summary", str(work / "summary.json")]
+    if checkpoint_dir:
+        argv += ["--checkpoint-dir", str(checkpoint_dir)]
+    if variant:
+        argv += ["--variant", json.dumps(variant, sort_keys=True)]
+    launch_local(nproc, argv, run_id=f"embedpipe-{stage}")
+    return json.loads((work / "summary.json").read_text())
 
 
 @timed

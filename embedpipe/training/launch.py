@@ -53,5 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def launch_local(nproc: int, argv: list[str], run_id: str = "embedpipe-train") -> None:
+    """Run ``python -m embedpipe.training.launch ARGV`` as ``nproc`` processes on this node with torch's elastic
+    launcher (what ``torchrun --standalone --nproc_per_node N`` does): one process per GPU of the pod.
+
+    A worker that fails fails the call (``ChildFailedError`` names the rank and its error)."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"{run_id}-{uuid.uuid4().hex[:8]}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1,
+                          start_method="spawn")
+    elastic_launch(config, sys.executable)("-m", "embedpipe.training.launch", *argv)
+
+
 if __name__ == "__main__":
     sys.exit(main())

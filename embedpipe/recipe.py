@@ -219,6 +219,21 @@ def recipe_from_tree(tree: dict, overrides: dict[str, Any] | list[str] | None = 
         raise RecipeError(f"{origin}: {problems}") from None
 
 
+def section_from_overrides(section: str, model: type[Section], overrides: list[str], origin: str = "--set"):
+    """One recipe section built from ``section.key=value`` overrides alone (an area's CLI without a recipe file);
+    parsed and reported exactly like a recipe's overrides."""
+    tree: dict = {}
+    for key, value in (_split_override(o) for o in overrides):
+        if not key.startswith(f"{section}."):
+            raise RecipeError(f"{origin}: without a recipe, overrides look like {section}.key=value, got {key!r}")
+        set_override(tree, key, value)
+    try:
+        return model.model_validate(tree.get(section, {}))
+    except ValidationError as err:
+        problems = "; ".join(f"{_where(tree, (section, *e['loc']))}: {e['msg']}" for e in err.errors())
+        raise RecipeError(f"{origin}: {problems}") from None
+
+
 def _where(tree: Any, loc: tuple) -> str:
     """``training.stage2_variants[1] (mix-b).batch_size``: list items are named by their ``name`` when they have one."""
     out, node = "", tree

@@ -32,6 +32,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from embedpipe import tracking
 from embedpipe.data.config import GeneratorConfig, SDGConfig
 from embedpipe.data.decontaminate import normalise
 from embedpipe.data.schema import Record, read_jsonl, write_records
@@ -603,12 +604,10 @@ def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Pa
 
 
 def _log_mlflow(summary: dict) -> None:
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover
+    if not tracking.active():
         return
-    if mlflow.active_run() is None:
-        return
+    import mlflow
+
     mlflow.log_metrics({"sdg.records": summary["records"], "sdg.parsed": summary["parsed"],
                         "sdg.generated": summary["generated"], "sdg.consistency_failed": summary["consistency"]["failed"],
                         "sdg.duplicates": summary["duplicates"], "sdg.seconds": summary["seconds"]})

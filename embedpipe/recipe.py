@@ -24,6 +24,19 @@ class ModelConfig(Section):
     random_init: dict[str, int] | None = None  # tiny random-initialised Llama (hidden_size, layers) for tests
 
 
+class HubConfig(Section):
+    """Hugging Face Hub access of the cluster steps: one download step fills a model cache PVC that the GPU steps
+    mount; ``offline`` (a pre-filled cache) skips the download and keeps every step off the network."""
+
+    offline: bool = False
+    token_secret: str | None = "embedpipe-hf"  # Kubernetes Secret with key HF_TOKEN (gated models: Llama); optional
+    cache_pvc: str | None = "embedpipe-model-cache"  # ReadWriteMany PVC; None: no cache volume (local runs)
+    cache_path: str = "/models"  # where the PVC is mounted; HF_HOME is <cache_path>/hf
+    shm_size: str = "16Gi"  # /dev/shm (memory-backed emptyDir) of GPU steps: NCCL, vLLM workers, DataLoader
+    extra_models: list[str] = Field(default_factory=list)  # more hub repos to fetch
+    extra_datasets: list[str] = Field(default_factory=list)
+
+
 class PipelineConfig(Section):
     """Where artifacts and tracking go; local folder + SQLite by default, s3:// + an MLflow server by config alone."""
 
@@ -48,6 +61,7 @@ class PipelineConfig(Section):
     job_timeout_s: int = Field(7 * 24 * 3600, gt=0)  # a multi-node training job that runs longer fails the step
     queue_name: str | None = None  # Kueue LocalQueue (label kueue.x-k8s.io/queue-name) of GPU pods and training jobs
     ablation: AblationConfig = Field(default_factory=AblationConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
 
 
 SEEDED_SECTIONS = ("data", "sdg", "mining", "training")

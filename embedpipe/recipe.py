@@ -24,6 +24,19 @@ class ModelConfig(Section):
     random_init: dict[str, int] | None = None  # tiny random-initialised Llama (hidden_size, layers) for tests
 
 
+class HubConfig(Section):
+    """Hugging Face Hub access of the cluster steps: one download step fills a model cache PVC that the GPU steps
+    mount; ``offline`` (a pre-filled cache) skips the download and keeps every step off the network."""
+
+    offline: bool = False
+    token_secret: str | None = "embedpipe-hf"  # Kubernetes Secret with key HF_TOKEN (gated models: Llama); optional
+    cache_pvc: str | None = "embedpipe-model-cache"  # ReadWriteMany PVC; None: no cache volume (local runs)
+    cache_path: str = "/models"  # where the PVC is mounted; HF_HOME is <cache_path>/hf
+    shm_size: str = "16Gi"  # /dev/shm (memory-backed emptyDir) of GPU steps: NCCL, vLLM workers, DataLoader
+    extra_models: list[str] = Field(default_factory=list)  # more hub repos to fetch
+    extra_datasets: list[str] = Field(default_factory=list)
+
+
 class PipelineConfig(Section):
     """Where artifacts and tracking go; local folder + SQLite by default, s3:// + an MLflow server by config alone."""
 
@@ -46,7 +59,9 @@ class PipelineConfig(Section):
     kfp_host: str | None = None  # the KFP API endpoint `embedpipe submit` sends to
     namespace: str = "kubeflow"  # where multi-node training jobs are created
     job_timeout_s: int = Field(7 * 24 * 3600, gt=0)  # a multi-node training job that runs longer fails the step
+    queue_name: str | None = None  # Kueue LocalQueue (label kueue.x-k8s.io/queue-name) of GPU pods and training jobs
     ablation: AblationConfig = Field(default_factory=AblationConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
 
 
 SEEDED_SECTIONS = ("data", "sdg", "mining", "training")
@@ -201,6 +216,21 @@ def recipe_from_tree(tree: dict, overrides: dict[str, Any] | list[str] | None = 
                and not isinstance(e["input"], dict) else "")
             for e in err.errors()
         )
+        raise RecipeError(f"{origin}: {problems}") from None
+
+
+def section_from_overrides(section: str, model: type[Section], overrides: list[str], origin: str = "--set"):
+    """One recipe section built from ``section.key=value`` overrides alone (an area's CLI without a recipe file);
+    parsed and reported exactly like a recipe's overrides."""
+    tree: dict = {}
+    for key, value in (_split_override(o) for o in overrides):
+        if not key.startswith(f"{section}."):
+            raise RecipeError(f"{origin}: without a recipe, overrides look like {section}.key=value, got {key!r}")
+        set_override(tree, key, value)
+    try:
+        return model.model_validate(tree.get(section, {}))
+    except ValidationError as err:
+        problems = "; ".join(f"{_where(tree, (section, *e['loc']))}: {e['msg']}" for e in err.errors())
         raise RecipeError(f"{origin}: {problems}") from None
 
 

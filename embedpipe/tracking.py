@@ -88,13 +88,38 @@ def recipe_run(recipe, run_name: str | None = None, parent_run_id: str | None = 
         yield run
 
 
+def active() -> bool:
+    """Whether an MLflow run is active: the one guard every area's logging goes through (steps log to the caller's
+    run and do nothing without one). MLflow never imported means no run was started, and importing it costs seconds."""
+    import sys
+
+    mlflow = sys.modules.get("mlflow")
+    return mlflow is not None and mlflow.active_run() is not None
+
+
 def log_params(params: dict[str, Any]) -> None:
-    """Log parameters in batches (MLflow takes at most 100 per call)."""
+    """Parameters to the active run (none: nothing), in batches of 100 (MLflow's limit), values cut to its length
+    limit; keys the run already holds are skipped (a pipeline run may have logged the recipe: MLflow refuses to log a
+    parameter twice)."""
+    if not active():
+        return
     import mlflow
 
-    items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    items = [(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items() if k not in existing]
     for start in range(0, len(items), 100):
         mlflow.log_params(dict(items[start:start + 100]))
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Finite metrics to the active run (none: nothing)."""
+    if not active():
+        return
+    import mlflow
+
+    values = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    if values:
+        mlflow.log_metrics(values, step=step)
 
 
 def numeric_metrics(tree: Any, prefix: str = "") -> dict[str, float]:

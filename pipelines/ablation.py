@@ -6,23 +6,29 @@ all recorded as MLflow child runs under one parent."""
 from kfp import dsl
 
 from embedpipe.components.data.component import build_data
+from embedpipe.components.download.component import download_models
 from embedpipe.components.evaluate.component import evaluate
 from embedpipe.components.mining.component import mine
 from embedpipe.components.plan.component import plan_ablation
 from embedpipe.components.sdg.component import synthesize
 from embedpipe.components.track.component import track_ablation
 from embedpipe.components.train.component import train_merge_set, train_stage1
-from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow
+from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
 
 
 def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
     @dsl.pipeline(name="embedpipe-ablation", description=__doc__.splitlines()[0])
     def ablation(recipe_json: str, run_name: str = "ablation") -> str:
-        data = on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi").set_display_name("data build")
+        fetched = with_models(on_cpu(download_models(recipe_json=recipe_json), settings, "4", "16Gi"), settings,
+                              download=True).set_display_name("hub download")
+        data = with_models(on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
+            .after(fetched).set_display_name("data build")
         plan = on_cpu(plan_ablation(recipe_json=recipe_json), settings, "1", "1Gi").set_display_name("grid")
         with dsl.ParallelFor(plan.output, name="grid-cells") as cell:
+            # a cell may change the generator mix, so its one SDG task (generator by generator, each engine closed
+            # before the next starts) gets the largest tensor-parallel degree of the recipe's generators
             sdg = on_gpus(synthesize(recipe_json=recipe_json, data=data.outputs["data"], overrides_json=cell),
-                          settings, 1).set_display_name("SDG")
+                          settings, settings.sdg_max_tp).after(fetched).set_display_name("SDG")
             mined = on_gpus(mine(recipe_json=recipe_json, data=data.outputs["data"],
                                  synthetic=sdg.outputs["synthetic"], overrides_json=cell), settings, 1)
             stage1 = on_gpus(train_stage1(recipe_json=recipe_json, records=mined.outputs["records"],

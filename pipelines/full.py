@@ -6,15 +6,31 @@ embedpipe run) and on Kubeflow (embedpipe compile / submit)."""
 from kfp import dsl
 
 from embedpipe.components.data.component import build_data
+from embedpipe.components.download.component import download_models
 from embedpipe.components.evaluate.component import evaluate
 from embedpipe.components.merge.component import merge
-from embedpipe.components.mining.component import mine
+from embedpipe.components.mining.component import embed_corpus, mine
 from embedpipe.components.plan.component import plan_variants
-from embedpipe.components.sdg.component import synthesize
+from embedpipe.components.sdg.component import synthesize, synthesize_generator
 from embedpipe.components.track.component import track_full
 from embedpipe.components.train.component import train_stage1, train_stage2
 from embedpipe.components.train_job.component import train_stage1_job, train_stage2_job
-from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow
+from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
+
+
+def sdg_steps(settings: ClusterSettings, recipe_json, data, after):
+    """One task per generator of the recipe's mix, each with its tensor-parallel GPUs (KFP sets resources per
+    task, not per ParallelFor iteration, so the mix is unrolled at compile time), then the filter step (dedupe +
+    consistency teacher on one GPU) over their shards; a recipe without generators keeps the one SDG step."""
+    if not settings.sdg_generators:
+        return on_gpus(synthesize(recipe_json=recipe_json, data=data), settings, 1).after(after).set_display_name("SDG")
+    generated = []
+    for name, tp in settings.sdg_generators:
+        task = on_gpus(synthesize_generator(recipe_json=recipe_json, data=data, generator=name), settings, tp,
+                       str(8 * tp), f"{64 * tp}Gi").after(after).set_display_name(f"SDG {name} (TP {tp})")
+        generated.append(task)
+    return on_gpus(synthesize(recipe_json=recipe_json, data=data, generate=False), settings, 1) \
+        .after(*generated).set_display_name("SDG filter")
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's id: its training checkpoints live under it
 
@@ -38,18 +54,27 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
 
     @dsl.pipeline(name="embedpipe-full", description=__doc__.splitlines()[0])
     def full(recipe_json: str, run_name: str = "") -> str:
-        data = on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi").set_display_name("data build")
-        sdg = on_gpus(synthesize(recipe_json=recipe_json, data=data.outputs["data"]), settings, 1).set_display_name("SDG")
+        fetched = with_models(on_cpu(download_models(recipe_json=recipe_json), settings, "4", "16Gi"), settings,
+                              download=True).set_display_name("hub download")
+        data = with_models(on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
+            .after(fetched).set_display_name("data build")
+        sdg = sdg_steps(settings, recipe_json, data.outputs["data"], fetched)
         mined = on_gpus(mine(recipe_json=recipe_json, data=data.outputs["data"], synthetic=sdg.outputs["synthetic"]),
                         settings, 1).set_display_name("hard-negative mining")
+        if settings.mining_embed_tasks > 1:  # the corpus embedding fans out; mining then reuses every chunk
+            n = settings.mining_embed_tasks
+            with dsl.ParallelFor(list(range(n)), name="corpus-embedding", parallelism=n) as shard:
+                embedded = on_gpus(embed_corpus(recipe_json=recipe_json, data=data.outputs["data"], shard=shard,
+                                                shards=n), settings, 1).set_display_name("corpus embedding")
+            mined.after(embedded)
         stage1 = train1(recipe_json, mined.outputs["records"]).set_display_name("stage 1")
         plan = on_cpu(plan_variants(recipe_json=recipe_json), settings, "1", "1Gi").set_display_name("stage-2 runs")
         with dsl.ParallelFor(plan.output, name="stage2-runs", parallelism=settings.stage2_parallelism) as variant:
             stage2 = train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant)
             stage2.set_display_name("stage 2")
-        merged = on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
+        merged = with_models(on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
                                data=data.outputs["data"]),
-                        settings, "8", "64Gi").set_display_name("merge")
+                        settings, "8", "64Gi"), settings).set_display_name("merge")
         scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"], data=data.outputs["data"]),
                          settings, 1).set_display_name("MTEB evaluation")
         tracked = track_full(recipe_json=recipe_json, run_name=run_name, data=data.outputs["data"],

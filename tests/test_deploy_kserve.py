@@ -63,6 +63,19 @@ def test_vllm_overrides_follow_the_export_config(tiny_encoder):
     args = render_serving_runtime("vllm")["spec"]["containers"][0]["args"]
     assert '--hf-overrides={"pooling":"avg","is_causal":false}' in args
     assert "--runner=pooling" in args and "--convert=embed" in args and "--trust-remote-code" in args
+    assert '--pooler-config={"pooling_type":"MEAN","normalize":true}' in args  # the export's mean + L2
+
+
+def test_vllm_runtime_keeps_the_image_user_and_gets_shared_memory():
+    # vllm/vllm-openai has no USER (runs as root); runAsNonRoot would keep the pod from starting (kserve#5666)
+    runtime = render_serving_runtime("vllm")
+    container = runtime["spec"]["containers"][0]
+    assert "runAsNonRoot" not in container["securityContext"] and "runAsUser" not in container["securityContext"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert runtime["spec"]["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]
+    ours = render_serving_runtime("embedpipe")["spec"]["containers"][0]
+    assert ours["securityContext"]["runAsNonRoot"] is True  # our serve image sets USER 1000
     with pytest.raises(ValueError, match="LlamaBidirectionalModel"):
         vllm_hf_overrides({"architectures": ["LlamaForCausalLM"], "pooling": "mean"})
     with pytest.raises(ValueError, match="no vLLM equivalent"):

@@ -284,3 +284,21 @@ def test_corpus_changed_after_the_scan_names_file_and_line(tmp_path):
     path.write_text('{"id": "a", "text": "xx"}\n')
     with pytest.raises(CorpusError, match="changed after it was scanned"):
         corpus.chunk(0, 2)
+
+
+def test_two_embedding_tasks_then_mining_equal_the_one_process_run(mined, data, tmp_path):
+    """The cluster fan-out on CPU: two tasks, each with its own local cache, share chunks through one cache URI
+    (a folder here, s3:// on a cluster); the mining step then embeds nothing and writes the same negatives."""
+    from embedpipe.mining.mine import embed_corpus_shard
+
+    out, _, first = mined
+    shared = tmp_path / "shared-cache"
+    parts = [embed_corpus_shard(data / "corpus.jsonl", config(), i, 2, tmp_path / f"task-{i}", str(shared))
+             for i in range(2)]
+    assert [p["teachers"][0]["embedded"] for p in parts] == [3, 2]  # chunks 0, 2, 4 and 1, 3 of 5
+    again = mine_hard_negatives(data / "records.jsonl", data / "corpus.jsonl", config(), tmp_path / "fan.jsonl",
+                                tmp_path / "miner", show=False, cache_uri=str(shared))
+    assert (again["teachers"][0]["embedded"], again["teachers"][0]["reused"]) == (0, 5)
+    assert read(tmp_path / "fan.jsonl") == read(out)
+    with pytest.raises(ValueError, match=r"index must be in \[0, 2\)"):
+        embed_corpus_shard(data / "corpus.jsonl", config(), 2, 2, tmp_path / "bad", str(shared))

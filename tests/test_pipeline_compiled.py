@@ -36,7 +36,7 @@ def _platform(docs: list[dict]) -> dict:
     return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-GPU_STEPS = {"synthesize", "mine", "train-stage1", "train-stage2", "evaluate"}
+GPU_STEPS = {"synthesize", "synthesize-generator", "mine", "train-stage1", "train-stage2", "evaluate"}
 
 
 def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):

@@ -112,3 +112,15 @@ def test_one_name_per_stage():
         load_recipe(LOCAL, ["data.sources.0.weight_pretrain=1"])
     with pytest.raises(RecipeError, match="model.max_query_length: Extra inputs"):
         load_recipe(LOCAL, ["model.max_query_length=64"])
+
+
+def test_a_section_from_overrides_alone_parses_like_a_recipe():
+    from embedpipe.mining.config import MiningConfig
+    from embedpipe.recipe import section_from_overrides
+
+    config = section_from_overrides("mining", MiningConfig, ["mining.top_k=8", "mining.teachers=[{model: x}]"])
+    assert config.top_k == 8 and config.teachers[0].model == "x"
+    with pytest.raises(RecipeError, match=r"mining.top_k: Input should be greater than 0"):
+        section_from_overrides("mining", MiningConfig, ["mining.top_k=0"])
+    with pytest.raises(RecipeError, match=r"overrides look like mining.key=value, got 'training.loss'"):
+        section_from_overrides("mining", MiningConfig, ["training.loss=gecko"])

@@ -3,6 +3,8 @@ model registry, and the compare output (table with only differing params + a PNG
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from embedpipe import tracking
@@ -95,3 +97,13 @@ def test_errors_name_the_store(tmp_path, store):
 def test_numeric_metrics_flattens_and_skips_non_numbers():
     assert tracking.numeric_metrics({"a": 1, "b": {"c": 0.5, "d": "x", "e": True, "f": float("nan")}}) == \
         {"a": 1.0, "b.c": 0.5}
+
+
+def test_loss_history_reads_what_training_writes(tmp_path):
+    from embedpipe.orchestration.publish import TRAINING_SUMMARY, loss_history
+
+    history = [{"step": 0, "loss": 2.0, "lr": 0.0}, {"step": 1, "loss": 1.5, "lr": 1e-5}]
+    assert loss_history({"history": history}) == history
+    (tmp_path / TRAINING_SUMMARY).write_text(json.dumps({"steps": 2, "history": history}))
+    assert loss_history({"steps": 2}, str(tmp_path)) == history  # the summary beside the export
+    assert loss_history({"steps": 2}) == [] and loss_history({"log": history}) == []  # no guessed keys

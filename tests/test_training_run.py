@@ -334,3 +334,15 @@ def test_checkpoints_and_export_on_s3_resume_to_identical_weights(s3_env, tiny_e
     a = storage.download("s3://runs/first", tmp_path / "first")
     b = storage.download("s3://runs/again", tmp_path / "again")
     assert same_weights(a, b)
+
+
+@pytest.mark.parametrize("export_dtype, expected", [("training", torch.bfloat16), ("fp32", torch.float32)])
+def test_export_is_in_the_training_dtype_or_fp32_on_request(tiny_encoder, records, tmp_path, export_dtype, expected):
+    from embedpipe.encoder import read_export_metadata
+
+    recipe = load_recipe(RECIPE, SMALL + ["training.stage1.steps=1", "training.precision=bf16",
+                                          f"training.export_dtype={export_dtype}"])
+    summary = train_stage(recipe, "stage1", records, tiny_encoder, tmp_path / "out")
+    assert {t.dtype for t in weights(tmp_path / "out").values()} == {expected}
+    assert summary["export_dtype"] == str(expected).removeprefix("torch.")
+    assert read_export_metadata(tmp_path / "out")["training"]["export_dtype"] == summary["export_dtype"]

@@ -26,20 +26,13 @@ def register(app: typer.Typer) -> None:
         from embedpipe.mining.config import MiningConfig
         from embedpipe.mining.mine import mine_hard_negatives
 
-        if recipe is not None:
-            from embedpipe.recipe import load_recipe
+        from embedpipe.recipe import RecipeError, load_recipe, section_from_overrides
 
-            config = load_recipe(recipe, override).mining
-        else:
-            values = {}
-            for item in override:
-                key, _, raw = item.partition("=")
-                if not key.startswith("mining.") or not _:
-                    raise typer.BadParameter(f"without --recipe, overrides look like mining.key=value, got {item!r}")
-                import yaml
-
-                values[key.removeprefix("mining.")] = yaml.safe_load(raw)
-            config = MiningConfig.model_validate(values)
+        try:
+            config = (load_recipe(recipe, override).mining if recipe is not None
+                      else section_from_overrides("mining", MiningConfig, override))
+        except RecipeError as err:
+            raise typer.BadParameter(str(err)) from None
         stats = mine_hard_negatives(records, corpus, config, out, cache_dir=cache_dir)
         if summary is not None:
             summary.parent.mkdir(parents=True, exist_ok=True)

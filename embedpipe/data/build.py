@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from embedpipe import tracking
 from embedpipe.data.decontaminate import collect_eval_texts, decontaminate
 from embedpipe.data.mix import mix_manifest, select_stage_records
 from embedpipe.data.schema import ReadReport, Record, read_records, write_jsonl, write_records
@@ -167,12 +168,10 @@ def combine_records(paths: list[str | Path], out_path: str | Path, eval_dir: str
 
 
 def _log_mlflow(manifest: dict, manifest_path: Path) -> None:
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover
+    if not tracking.active():
         return
-    if mlflow.active_run() is None:
-        return
+    import mlflow
+
     metrics = {"data.records": manifest["records"], "data.corpus_documents": manifest["corpus_documents"],
                "data.decontaminated": manifest["decontamination"]["removed"]}
     metrics.update({f"data.source.{k}": v for k, v in manifest["by_source"].items()})

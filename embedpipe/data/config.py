@@ -46,7 +46,12 @@ class GeneratorConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1)
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(256, gt=0)
+    # a cap on new tokens; by default each call gets the budget its template asks for (sdg.token_budget)
+    max_new_tokens: int | None = Field(None, gt=0)
+    # extra new tokens for a reasoning model's analysis before its answer (gpt-oss: harmony analysis channel)
+    reasoning_tokens: int = Field(0, ge=0)
+    # "harmony": gpt-oss's response format, only the final channel is kept; "auto": harmony for gpt-oss models
+    output_format: Literal["auto", "plain", "harmony"] = "auto"
     batch_size: int = Field(8, gt=0)  # prompts per forward (transformers) / requests in flight (openai)
     max_retries: int = Field(2, ge=0)  # openai client retries per request
     request_timeout: float = Field(120.0, gt=0)
@@ -69,7 +74,9 @@ class SDGConfig(Section):
     consistency_top_k: int | None = Field(20, gt=0)
     seed_corpus: str = "pydoc"  # "pydoc" (Python's own docs, on every machine) or a source name / path
     max_prompt_document_chars: int = Field(2000, gt=0)  # seed documents are cut to this in prompts
-    teacher: str = "all-minilm-l6-v2"  # embedder of the consistency filter
+    teacher: str = "all-minilm-l6-v2"  # embedder of the consistency filter (multilingual at scale)
+    teacher_device: str = "auto"  # "auto": cuda when there is one, else cpu
+    teacher_batch_size: int = Field(64, gt=0)
     brainstorm_tasks: int = Field(8, gt=0)  # tasks asked for in step one of two-step generation
     seed: int = 42  # in a recipe: derived from the root seed (embedpipe.recipe.derive_seed)
 

@@ -5,13 +5,19 @@
 - ``openai``: any OpenAI-compatible endpoint (a vLLM server, KServe, NIM) through the ``openai`` client.
 - ``vllm``: the vLLM offline batch engine on GPUs (tensor parallel), imported only when used.
 
+gpt-oss models answer in OpenAI's harmony format (an ``analysis`` channel of reasoning, then a ``final`` channel):
+:func:`harmony_final` keeps the final channel only. Every backend has ``close()``, which frees its engine (GPU memory
+included) so that the next generator of the same process can start.
+
 A transport failure raises (the shard is retried on resume); a bad *answer* is the parser's business, not ours.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -23,8 +29,73 @@ log = logging.getLogger(__name__)
 class Generator(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
-        """One completion per prompt (chat formatted as a single user turn); generation ends at a ``stop`` string."""
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None,
+                 max_new_tokens: int | None = None) -> list[str]:
+        """One completion per prompt (chat formatted as a single user turn); generation ends at a ``stop`` string
+        or after ``max_new_tokens`` (the call's budget; the generator's own ``max_new_tokens`` caps it)."""
+
+    def close(self) -> None:
+        """Release the model / engine."""
+
+
+# harmony (https://github.com/openai/harmony): <|start|>assistant<|channel|>analysis<|message|>...<|end|>
+# <|start|>assistant<|channel|>final<|message|>...<|return|>; a message may carry a recipient/constraint after the
+# channel name (" to=functions.x <|constrain|>json"), and decoding with special tokens skipped leaves
+# "analysis...assistantfinal..." instead.
+_HARMONY_MESSAGE = re.compile(r"<\|channel\|>\s*(\w+)[^<]*(?:<\|constrain\|>[^<]*)?<\|message\|>(.*?)"
+                              r"(?=<\|end\|>|<\|return\|>|<\|call\|>|<\|start\|>|\Z)", re.S)
+_HARMONY_FLAT = re.compile(r"^\s*analysis.*?assistantfinal(.*)\Z", re.S)
+
+
+class HarmonyError(ValueError):
+    """A harmony-format answer without a final channel (e.g. cut off while still reasoning)."""
+
+
+def harmony_final(text: str) -> str:
+    """The ``final`` channel of a harmony-format completion (the last one if there are several).
+
+    A text without harmony markup is returned as is (an OpenAI-compatible server with a reasoning parser already
+    splits the reasoning off and sends the final answer as ``content``); a harmony text without a final channel
+    raises :class:`HarmonyError`.
+    """
+    if "<|channel|>" in text or "<|message|>" in text:
+        finals = [body for channel, body in _HARMONY_MESSAGE.findall(text) if channel == "final"]
+        if not finals:
+            raise HarmonyError("harmony output has no final channel (reasoning cut off by the token budget?)")
+        return finals[-1].strip()
+    flat = _HARMONY_FLAT.match(text)
+    if flat:
+        return flat.group(1).strip()
+    if re.match(r"^\s*analysis\S", text):
+        raise HarmonyError("harmony output has no final channel (reasoning cut off by the token budget?)")
+    return text
+
+
+def uses_harmony(config: GeneratorConfig) -> bool:
+    return config.output_format == "harmony" or (config.output_format == "auto" and "gpt-oss" in config.model.lower())
+
+
+def budget(config: GeneratorConfig, max_new_tokens: int | None) -> int:
+    """New tokens for one call: the call's budget (else 256) capped by the generator's, plus reasoning room."""
+    wanted = max_new_tokens or config.max_new_tokens or 256
+    if config.max_new_tokens:
+        wanted = min(wanted, config.max_new_tokens)
+    return wanted + config.reasoning_tokens
+
+
+def answers(config: GeneratorConfig, texts: list[str]) -> list[str]:
+    """Raw completions -> answers: the final channel of harmony outputs ("" when there is none, which the parser
+    counts as an empty output)."""
+    if not uses_harmony(config):
+        return texts
+    out = []
+    for text in texts:
+        try:
+            out.append(harmony_final(text))
+        except HarmonyError as err:
+            log.debug("generator %s: %s", config.name, err)
+            out.append("")
+    return out
 
 
 def chat(prompt: str) -> list[dict[str, str]]:
@@ -59,7 +130,8 @@ class TransformersGenerator:
             self._model, self._tokenizer = model.to(self.device).eval(), tokenizer
         return self._model, self._tokenizer
 
-    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None,
+                 max_new_tokens: int | None = None) -> list[str]:
         import torch
 
         model, tokenizer = self._load()
@@ -68,11 +140,16 @@ class TransformersGenerator:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         try:
-            return self._generate(model, tokenizer, prompts, seed, stop)
+            return answers(cfg, self._generate(model, tokenizer, prompts, seed, stop, budget(cfg, max_new_tokens)))
         finally:
             torch.set_num_threads(previous)
 
-    def _generate(self, model, tokenizer, prompts: list[str], seed: int, stop: list[str] | None) -> list[str]:
+    def close(self) -> None:
+        self._model = self._tokenizer = None
+        gc.collect()
+
+    def _generate(self, model, tokenizer, prompts: list[str], seed: int, stop: list[str] | None,
+                  max_new_tokens: int) -> list[str]:
         import torch
 
         cfg = self.config
@@ -87,7 +164,7 @@ class TransformersGenerator:
             if stop:
                 sampling.update(stop_strings=stop, tokenizer=tokenizer)
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                      **sampling)
             new = out[:, enc["input_ids"].shape[1]:]
             outputs += [_cut(t, stop) for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -113,20 +190,26 @@ class OpenAIGenerator:
                                   timeout=self.config.request_timeout)
         return self._client
 
-    def request(self, prompt: str, seed: int, stop: list[str] | None = None) -> dict:
+    def request(self, prompt: str, seed: int, stop: list[str] | None = None, max_new_tokens: int | None = None) -> dict:
         cfg = self.config
         return {"model": cfg.model, "messages": chat(prompt), "temperature": cfg.temperature, "top_p": cfg.top_p,
-                "max_tokens": cfg.max_new_tokens, "seed": seed, **({"stop": stop} if stop else {})}
+                "max_tokens": budget(cfg, max_new_tokens), "seed": seed, **({"stop": stop} if stop else {})}
 
-    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None,
+                 max_new_tokens: int | None = None) -> list[str]:
         client = self._get_client()
 
         def one(i: int) -> str:
-            response = client.chat.completions.create(**self.request(prompts[i], seed + i, stop))
+            response = client.chat.completions.create(**self.request(prompts[i], seed + i, stop, max_new_tokens))
             return response.choices[0].message.content or ""
 
         with ThreadPoolExecutor(max_workers=max(1, self.config.batch_size)) as pool:
-            return list(pool.map(one, range(len(prompts))))
+            return answers(self.config, list(pool.map(one, range(len(prompts)))))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
 
 
 class VLLMGenerator:
@@ -142,10 +225,12 @@ class VLLMGenerator:
         return {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size, "seed": 0,
                 "trust_remote_code": False, **({"max_model_len": cfg.max_model_len} if cfg.max_model_len else {})}
 
-    def sampling_kwargs(self, seed: int, stop: list[str] | None = None) -> dict:
+    def sampling_kwargs(self, seed: int, stop: list[str] | None = None, max_new_tokens: int | None = None) -> dict:
         cfg = self.config
-        return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens, "seed": seed,
-                **({"stop": stop} if stop else {})}
+        return {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": budget(cfg, max_new_tokens),
+                "seed": seed, **({"stop": stop} if stop else {}),
+                # harmony's channel markers are special tokens: keep them so the final channel can be found
+                **({"skip_special_tokens": False} if uses_harmony(cfg) else {})}
 
     def _engine(self):
         if self._llm is None:
@@ -157,13 +242,39 @@ class VLLMGenerator:
             self._llm = LLM(**self.engine_kwargs())
         return self._llm
 
-    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None) -> list[str]:
+    def generate(self, prompts: list[str], seed: int, stop: list[str] | None = None,
+                 max_new_tokens: int | None = None) -> list[str]:
         llm = self._engine()
         from vllm import SamplingParams
 
-        params = SamplingParams(**self.sampling_kwargs(seed, stop))
+        params = SamplingParams(**self.sampling_kwargs(seed, stop, max_new_tokens))
         outputs = llm.chat([chat(p) for p in prompts], params, use_tqdm=False)
-        return [o.outputs[0].text if o.outputs else "" for o in outputs]
+        return answers(self.config, [o.outputs[0].text if o.outputs else "" for o in outputs])
+
+    def close(self) -> None:
+        """Shut the engine down and give its GPU memory back (the next generator of this process needs it)."""
+        if self._llm is None:
+            return
+        llm, self._llm = self._llm, None
+        shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 -- not every vLLM build has these, and a fake engine has none
+            pass
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
 
 
 def _cut(text: str, stop: list[str] | None) -> str:

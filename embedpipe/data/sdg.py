@@ -6,8 +6,12 @@ brainstorm tasks, then text + label + misleading label), ``sts`` (S1/S2/S3 with 
 ``bitext`` (a sentence and its translation). The target language is a template parameter.
 
 The work is planned up front as numbered items, grouped into shards; each shard goes to one generator of the mix
-(by the generators' shares) and is written atomically under ``out_dir/shards/``. A restarted run skips the shards that
-exist and, because every shard's sampling is seeded from (recipe seed, task, shard), produces the same records.
+(by the generators' shares) and is written, as soon as it is done, to the shard store (a local folder or an s3://
+prefix: see :class:`ShardStore`). A restarted run skips the shards that exist and, because every shard's sampling is
+seeded from (recipe seed, task, shard), produces the same records. Shards run generator by generator, and each
+generator's engine is closed after its last shard; with ``only_generator`` a process (one pipeline task, with the
+GPUs its tensor-parallel degree needs) runs one generator's shards only, and a last call with ``generate=False``
+filters the union. Every call asks for the new tokens its template needs (:func:`token_budget`).
 Malformed model output is rejected and counted per reason; filters then dedupe, bound lengths and keep only records
 whose generated query ranks the positive in the teacher embedder's top-k (the consistency filter).
 """
@@ -28,6 +32,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from embedpipe import tracking
 from embedpipe.data.config import GeneratorConfig, SDGConfig
 from embedpipe.data.decontaminate import normalise
 from embedpipe.data.schema import Record, read_jsonl, write_records
@@ -234,6 +239,42 @@ def plan(config: SDGConfig, corpus: list[tuple[str, str]]) -> list[Shard]:
     return shards
 
 
+# ---------------------------------------------------------------------------------------------------- token budgets
+
+TOKENS_PER_WORD = 2  # headroom for multilingual text: CJK / Indic scripts take more tokens per word than English
+_UNIT_WORDS = {"sentence": 40, "short phrase": 12, "short paragraph": 120}
+
+
+def _words(value: Any, default: int) -> int:
+    found = re.findall(r"\d+", str(value))
+    return int(found[-1]) if found else default
+
+
+def token_budget(template: str, params: dict[str, Any]) -> int:
+    """New tokens one generation of ``template`` with ``params`` needs: what the prompt asks for, in tokens, plus the
+    JSON around it, rounded up to a multiple of 32 (the generator's own ``max_new_tokens`` may cap it)."""
+    if template == "query_generation":
+        need = 64
+    elif template in ("brainstorm_retrieval", "brainstorm_classification"):
+        need = int(params.get("n_tasks", 8)) * 24 * TOKENS_PER_WORD // 2 + 64  # ~24-token task lines, JSON list
+    elif template == "retrieval_triplet":  # a query and two documents of at least num_words words
+        need = 2 * _words(params.get("num_words"), 200) * TOKENS_PER_WORD + 30 * TOKENS_PER_WORD + 64
+    elif template == "classification":  # "at least 50" words: room for twice that
+        need = 2 * max(_words(params.get("num_words"), 50), 10) * TOKENS_PER_WORD + 96
+    elif template == "sts":  # three units
+        need = 3 * _UNIT_WORDS.get(str(params.get("unit")), 120) * TOKENS_PER_WORD + 64
+    elif template == "bitext":  # a unit and its translation
+        need = 2 * _UNIT_WORDS.get(str(params.get("unit")), 40) * TOKENS_PER_WORD + 48
+    else:
+        raise ValueError(f"no token budget for SDG template {template!r}")
+    return -(-need // 32) * 32
+
+
+def call_budget(template: str, items: list[Item]) -> int:
+    """The budget of one batched call: the largest of its items' (a batch shares one sampling setting)."""
+    return max((token_budget(template, it.params) for it in items), default=64)
+
+
 # ------------------------------------------------------------------------------------------------------ generation
 
 
@@ -245,9 +286,10 @@ def _check_length(values: list[str], config: SDGConfig) -> None:
             raise Rejected("too_long", value[:40])
 
 
-def _generate(generator, prompts: list[str], seed: int, stop: list[str] | None, shard: Shard) -> list[str]:
+def _generate(generator, prompts: list[str], seed: int, stop: list[str] | None, shard: Shard,
+              max_new_tokens: int | None = None) -> list[str]:
     """One backend call; a backend that loses or invents outputs is a bug to stop on, not data to count."""
-    outputs = generator.generate(prompts, seed, stop=stop)
+    outputs = generator.generate(prompts, seed, stop=stop, max_new_tokens=max_new_tokens)
     if len(outputs) != len(prompts):
         raise RuntimeError(f"generator {generator.name!r} returned {len(outputs)} outputs for {len(prompts)} prompts "
                            f"in shard {shard.name}")
@@ -269,7 +311,8 @@ def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, sourc
     if shard.task in TWO_STEP:  # step one: brainstorm tasks; each item then draws one of its list
         prompts = [render(TWO_STEP[shard.task], **it.params) for it in items]
         kept = []
-        for it, text in zip(items, _generate(first, prompts, seed, None, shard)):
+        step1 = _generate(first, prompts, seed, None, shard, call_budget(TWO_STEP[shard.task], items))
+        for it, text in zip(items, step1):
             try:
                 tasks = parse_task_list(text)
             except Rejected as err:
@@ -282,10 +325,10 @@ def run_shard(shard: Shard, generators: dict[str, Any], config: SDGConfig, sourc
             kept.append(it)
         items = kept
         prompts = [render(shard.task, task=instructions[it.id], **it.params) for it in items]
-        outputs = _generate(second, prompts, seed + 1, None, shard) if items else []
+        outputs = _generate(second, prompts, seed + 1, None, shard, call_budget(shard.task, items)) if items else []
     else:
         prompts = [render(shard.task, **it.params) for it in items]
-        outputs = _generate(first, prompts, seed, STOP.get(shard.task), shard)
+        outputs = _generate(first, prompts, seed, STOP.get(shard.task), shard, call_budget(shard.task, items))
         generator_label = first.name
     records: list[dict] = []
     for it, text in zip(items, outputs):
@@ -334,7 +377,7 @@ def dedupe(records: list[Record]) -> tuple[list[Record], int]:
 
 
 def consistency_filter(records: list[Record], corpus: list[tuple[str, str]], teacher: str, top_k: int,
-                       batch_size: int = 64) -> tuple[list[Record], dict]:
+                       batch_size: int = 64, device: str = "auto") -> tuple[list[Record], dict]:
     """Keep retrieval records whose query ranks their positive in the teacher's top-k over corpus + generated docs."""
     import numpy as np
     from sentence_transformers import SentenceTransformer
@@ -355,7 +398,11 @@ def consistency_filter(records: list[Record], corpus: list[tuple[str, str]], tea
             if text not in pool:
                 pool[text] = len(texts)
                 texts.append(text)
-    model = SentenceTransformer(resolve_model(teacher), device="cpu")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = SentenceTransformer(resolve_model(teacher), device=device)
     docs = model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
     queries = model.encode([records[i].query for i in retrieval], batch_size=batch_size, normalize_embeddings=True,
                            convert_to_numpy=True)
@@ -368,7 +415,8 @@ def consistency_filter(records: list[Record], corpus: list[tuple[str, str]], tea
         ranks = (scores > pos_scores[:, None]).sum(axis=1)
         failed |= {i for i, rank in zip(block, ranks) if rank >= top_k}
     kept = [r for i, r in enumerate(records) if i not in failed]
-    return kept, {"checked": len(retrieval), "failed": len(failed), "pool": len(texts)}
+    del model
+    return kept, {"checked": len(retrieval), "failed": len(failed), "pool": len(texts), "device": device}
 
 
 # ------------------------------------------------------------------------------------------------------- top level
@@ -394,81 +442,157 @@ def load_seed_corpus(config: SDGConfig, corpus_path: str | Path | None) -> list[
     return list(load_pydoc(SourceConfig(name="pydoc", kind="pydoc")).training.documents.items())
 
 
+class ShardStore:
+    """Finished shards, one JSON file each, in a local folder or under an s3:// prefix (each uploaded the moment it
+    is done, marker last, so a restarted task on any node finds what was finished and a half-written shard is never
+    read)."""
+
+    def __init__(self, root: str | os.PathLike):
+        from embedpipe import storage
+
+        self.storage = storage
+        self.root = str(root)
+        self.remote = storage.is_remote(self.root)
+        if not self.remote:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def uri(self, name: str) -> str:
+        return self.storage.join(self.root, f"{name}.json") if self.remote else str(Path(self.root) / f"{name}.json")
+
+    def get(self, name: str) -> dict | None:
+        uri = self.uri(name)
+        if self.remote:
+            return self.storage.read_json(uri) if self.storage.is_complete(uri) else None
+        path = Path(uri)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, name: str, result: dict) -> None:
+        if self.remote:
+            self.storage.write_text(self.uri(name), json.dumps(result, ensure_ascii=False))
+            return
+        path = Path(self.uri(name))
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(result, ensure_ascii=False))
+        os.replace(partial, path)
+
+
+def _close(generator) -> None:
+    close = getattr(generator, "close", None)
+    if callable(close):
+        close()
+
+
 def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Path,
-                       generators: dict[str, Any] | None = None, max_shards: int | None = None) -> dict:
+                       generators: dict[str, Any] | None = None, max_shards: int | None = None,
+                       only_generator: str | None = None, generate: bool = True,
+                       shard_store: str | Path | None = None) -> dict:
     """Run (or resume) SDG for the recipe; writes ``out_dir/synthetic.jsonl`` and ``out_dir/sdg_manifest.json``.
 
     ``generators`` maps generator names to ready backends (tests, or a caller that shares them); by default they are
     built from ``recipe.sdg.generators``. ``max_shards`` stops after that many new shards (a partial, resumable run).
+    ``only_generator`` runs that generator's shards only (and writes no synthetic.jsonl: the shards are the output);
+    ``generate=False`` generates nothing and refuses to go on while a shard is missing (the filter step after the
+    per-generator tasks). ``shard_store`` is where shards go (default ``out_dir/shards``).
     """
     from embedpipe import storage
 
     config: SDGConfig = recipe.sdg
     remote = storage.is_remote(str(out_dir))
-    if remote:  # work in a stable local folder per URI, so a restarted run on this machine resumes its shards
+    if remote:  # small outputs are written locally, then uploaded; shards go straight to the store
         import tempfile
 
         out = Path(tempfile.gettempdir()) / "embedpipe-sdg" / hashlib.sha256(str(out_dir).encode()).hexdigest()[:16]
     else:
         out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(exist_ok=True)
+    store = ShardStore(shard_store or storage.join(str(out_dir), "shards"))
     started = time.perf_counter()
     synthetic = next((s for s in recipe.data.sources if s.kind == "synthetic"), None)
     source_name = synthetic.name if synthetic else "synthetic"
     instruction = (synthetic.instruction if synthetic and synthetic.instruction else None) or next(
         (s.instruction for s in recipe.data.sources if s.kind != "synthetic" and s.instruction), None)
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "enabled": config.enabled}
+    summary: dict[str, Any] = {"out_dir": str(out_dir), "enabled": config.enabled, "shard_store": store.root}
     if not config.enabled:
         write_records([], out / "synthetic.jsonl")
         return {**summary, "records": 0}
 
     corpus = load_seed_corpus(config, corpus_path)
     shards = plan(config, corpus)
-    if generators is None:
+    names = [g.name for g in config.generators]
+    if only_generator is not None:
+        if only_generator not in names:
+            raise ValueError(f"generator {only_generator!r} is not in sdg.generators ({', '.join(names)})")
+        shards = [s for s in shards if s.generator == only_generator]
+        summary["generator"] = only_generator
+    shards.sort(key=lambda s: names.index(s.generator))  # generator by generator: one engine in memory at a time
+    last_shard = {s.generator: i for i, s in enumerate(shards)}
+    built = False
+    if generators is None and generate:
         from embedpipe.data.generators import make_generator
 
-        generators = {g.name: make_generator(g) for g in config.generators}
-    done, skipped, new = [], 0, 0
+        wanted = {s.generator for s in shards} | ({config.second_step_generator} if config.second_step_generator else set())
+        generators = {g.name: make_generator(g) for g in config.generators if g.name in wanted}
+        built = True
+    done, skipped, new, missing = [], 0, 0, []
     gen_seconds = 0.0
-    for shard in shards:
-        path = shard_dir / f"{shard.name}.json"
-        if path.exists():
-            skipped += 1
-            done.append(json.loads(path.read_text()))
-            continue
-        if max_shards is not None and new >= max_shards:
-            break
-        t0 = time.perf_counter()
-        result = run_shard(shard, generators, config, source_name, instruction)
-        result["seconds"] = round(time.perf_counter() - t0, 3)
-        gen_seconds += result["seconds"]
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(result, ensure_ascii=False))
-        os.replace(partial, path)
-        done.append(result)
-        new += 1
-        log.info("sdg shard %s (%s): %d records, %s", shard.name, result["generator"], len(result["records"]),
-                 result["stats"])
+    try:
+        for i, shard in enumerate(shards):
+            existing = store.get(shard.name)
+            if existing is not None:
+                skipped += 1
+                done.append(existing)
+            elif not generate:
+                missing.append(f"{shard.name} ({shard.generator})")
+            elif max_shards is not None and new >= max_shards:
+                break
+            else:
+                t0 = time.perf_counter()
+                result = run_shard(shard, generators, config, source_name, instruction)
+                result["seconds"] = round(time.perf_counter() - t0, 3)
+                gen_seconds += result["seconds"]
+                store.put(shard.name, result)
+                done.append(result)
+                new += 1
+                log.info("sdg shard %s (%s): %d records, %s", shard.name, result["generator"], len(result["records"]),
+                         result["stats"])
+            if generators and last_shard[shard.generator] == i and shard.generator != config.second_step_generator \
+                    and shard.generator in generators:
+                _close(generators[shard.generator])  # its engine's GPU memory goes back before the next one starts
+    finally:
+        if built:
+            for generator in generators.values():
+                _close(generator)
+    if missing:
+        raise RuntimeError(f"SDG shard store {store.root} lacks {len(missing)} of {len(shards)} shards: "
+                           f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; run their generators' tasks first")
     complete = len(done) == len(shards)
     parse_stats: Counter = Counter()
     for result in done:
         parse_stats.update(result["stats"])
-    records = [Record.model_validate(r) for result in done for r in result["records"]]
-    records, duplicates = dedupe(records)
-    consistency = {"checked": 0, "failed": 0}
-    if config.consistency_top_k and records:
-        records, consistency = consistency_filter(records, corpus, config.teacher, config.consistency_top_k)
     summary.update({
         "complete": complete, "shards": len(shards), "shards_done": len(done), "shards_skipped": skipped,
         "shards_generated": new, "items": parse_stats.get("items", 0), "parsed": parse_stats.get("parsed", 0),
         "generated": parse_stats.get("generated", 0),
         "rejected": {k: v for k, v in parse_stats.items() if k not in ("parsed", "generated", "items")},
+        "generation_seconds": round(gen_seconds, 3),
+    })
+    if only_generator is not None:  # one generator's task: its shards are its output; the filter step combines
+        summary.update({"records": parse_stats.get("parsed", 0), "seconds": round(time.perf_counter() - started, 3)})
+        (out / "sdg_manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if remote:
+            storage.upload(str(out), str(out_dir))
+        return summary
+    records = [Record.model_validate(r) for result in done for r in result["records"]]
+    records, duplicates = dedupe(records)
+    consistency = {"checked": 0, "failed": 0}
+    if config.consistency_top_k and records:
+        records, consistency = consistency_filter(records, corpus, config.teacher, config.consistency_top_k,
+                                                  batch_size=config.teacher_batch_size, device=config.teacher_device)
+    summary.update({
         "duplicates": duplicates, "consistency": consistency, "records": len(records),
         "by_generator": dict(Counter(r.generator for r in records)), "by_task": dict(Counter(r.task_type for r in records)),
         "by_language": dict(Counter(r.language for r in records)),
-        "generation_seconds": round(gen_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(time.perf_counter() - started, 3),
     })
     if complete:
         write_records(records, out / "synthetic.jsonl")
@@ -480,12 +604,10 @@ def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Pa
 
 
 def _log_mlflow(summary: dict) -> None:
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover
+    if not tracking.active():
         return
-    if mlflow.active_run() is None:
-        return
+    import mlflow
+
     mlflow.log_metrics({"sdg.records": summary["records"], "sdg.parsed": summary["parsed"],
                         "sdg.generated": summary["generated"], "sdg.consistency_failed": summary["consistency"]["failed"],
                         "sdg.duplicates": summary["duplicates"], "sdg.seconds": summary["seconds"]})

@@ -33,6 +33,8 @@ MODEL_READER_SA = "embedpipe-model-reader"
 DEFAULT_NODE_SELECTOR = GPU_NODE_SELECTOR
 # vLLM's LlamaBidirectionalConfig maps these config.pooling values; embedpipe writes "mean"
 VLLM_POOLING = {"mean": "avg", "avg": "avg", "cls": "cls", "last": "last"}
+# the export mean-pools and L2-normalises (embedpipe.encoder); vLLM's pooler must do the same
+VLLM_POOLER_CONFIG = {"pooling_type": "MEAN", "normalize": True}
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 Runtime = Literal["vllm", "embedpipe"]
@@ -85,8 +87,15 @@ def render_serving_runtime(runtime: Runtime = "vllm", image_registry: str = DEFA
                 "--runner=pooling", "--convert=embed", "--trust-remote-code", "--dtype=bfloat16",
                 f"--max-model-len={max_model_len}",
                 "--hf-overrides=" + json.dumps(vllm_hf_overrides(), separators=(",", ":")),
+                "--pooler-config=" + json.dumps(VLLM_POOLER_CONFIG, separators=(",", ":")),
             ],
             "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "VLLM_NO_USAGE_STATS", "value": "1"}],
+            # the vllm/vllm-openai image has no USER directive: it runs as root, and torch's compile cache calls
+            # getpass.getuser() at import, which fails for a UID not in /etc/passwd (kserve#5666). So no
+            # runAsNonRoot here: the container keeps the image's own user, without privilege escalation or
+            # capabilities. A restricted namespace needs a non-root vLLM build (vllm's vllm-openai-nonroot target).
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         }
         annotations = {"embedpipe.io/why": "vLLM pooling runner: LlamaBidirectionalModel with is_causal=False, "
                                            "mean pooling, continuous batching"}
@@ -103,8 +112,8 @@ def render_serving_runtime(runtime: Runtime = "vllm", image_registry: str = DEFA
     container["ports"] = [{"containerPort": 8080, "protocol": "TCP"}]
     container["readinessProbe"] = {"httpGet": {"path": "/health", "port": 8080}, "periodSeconds": 10,
                                    "failureThreshold": 3}
-    container["securityContext"] = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                                    "capabilities": {"drop": ["ALL"]}}
+    container.setdefault("securityContext", {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                             "capabilities": {"drop": ["ALL"]}})  # our own image: USER embedpipe
     return {
         "apiVersion": RUNTIME_API_VERSION,
         "kind": "ServingRuntime",
@@ -114,6 +123,9 @@ def render_serving_runtime(runtime: Runtime = "vllm", image_registry: str = DEFA
             "supportedModelFormats": [{"name": MODEL_FORMAT, "version": "1", "autoSelect": True}],
             "protocolVersions": ["v1"],
             "containers": [container],
+            # vLLM's workers talk through shared memory; a pod's default /dev/shm is 64 MiB
+            **({"volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}]}
+               if runtime == "vllm" else {}),
         },
     }
 

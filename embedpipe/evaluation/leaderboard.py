@@ -11,6 +11,8 @@ leaderboard does (``mteb.benchmarks._create_table``):
 
 from __future__ import annotations
 
+from embedpipe import tracking
+
 import json
 import logging
 import math
@@ -186,10 +188,10 @@ class Leaderboard:
 
     def log_to_mlflow(self) -> None:
         """Each model's means and rank as metrics of the active run (no-op without one)."""
+        if not tracking.active():
+            return
         import mlflow
 
-        if mlflow.active_run() is None:
-            return
         metrics = {}
         for record in self.to_records():
             model = "".join(c if c.isalnum() or c in "_-./ " else "_" for c in record["model"])

@@ -14,6 +14,7 @@ import logging
 import math
 from pathlib import Path
 
+from embedpipe import tracking
 from embedpipe.encoder.encoder import EXPORT_MARKER, NotAnEncoderExport
 from embedpipe.evaluation.config import EvaluationConfig
 
@@ -203,10 +204,10 @@ def _metric_name(text: str) -> str:
 
 
 def _log_to_mlflow(summary: dict, out: Path) -> None:
+    if not tracking.active():
+        return
     import mlflow
 
-    if mlflow.active_run() is None:
-        return
     metrics = {f"eval.{_metric_name(task)}": score for task, score in summary["scores"].items()}
     metrics.update({f"eval.type.{_metric_name(k)}": v for k, v in summary["mean_per_type"].items()})
     metrics["eval.mean_task"] = summary["mean_task"]

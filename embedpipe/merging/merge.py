@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from embedpipe import tracking
 from embedpipe.encoder.encoder import EXPORT_MARKER, read_export_metadata
 from embedpipe.encoder.export import copy_export_extras
 
@@ -287,11 +288,11 @@ def _average_tensor(read, name: str, shape: tuple[int, ...], norm: list[float], 
 
 
 def _log_to_mlflow(provenance: dict, out: Path) -> None:
+    if not tracking.active():
+        return
     import mlflow
 
-    if mlflow.active_run() is None:
-        return
-    mlflow.log_params({
+    tracking.log_params({
         "merge.method": provenance["method"],
         "merge.n_models": len(provenance["inputs"]),
         "merge.weights": ",".join(f"{x['weight']:.6g}" for x in provenance["inputs"]),

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from embedpipe import tracking
 from embedpipe.merging.config import MergeConfig
 from embedpipe.merging.merge import merge_checkpoints
 
@@ -94,12 +95,12 @@ def merge_with_config(config: MergeConfig, model_dirs: Sequence[str | Path], out
 
 
 def _log_to_mlflow(summary: dict) -> None:
+    if not tracking.active():
+        return
     import mlflow
 
-    if mlflow.active_run() is None:
-        return
     for step, item in enumerate(summary["history"]):
         mlflow.log_metric("soup.score", item["score"], step=step)
-    mlflow.log_params({"soup.ingredients": len(summary["ingredients"])})
+    tracking.log_params({"soup.ingredients": len(summary["ingredients"])})
     mlflow.log_dict({k: summary[k] for k in ("ingredients", "individual_scores", "history", "score")},
                     "merge/soup.json")

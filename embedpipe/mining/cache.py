@@ -5,6 +5,10 @@ Layout: ``<cache_dir>/<teacher key>/manifest.json`` (teacher identity, weight fi
 ``.json`` exists, written after the ``.npy`` is renamed into place, so an interrupted run re-embeds only the chunk it
 was on. A cache written by another model at the same path (other dimension or other weights) is an error, never
 silently mixed in.
+
+Fan-out: ``ensure(..., shard=(i, n))`` embeds only every n-th chunk (one GPU task each); with ``remote`` (an s3://
+prefix, e.g. under the artifact root) every finished chunk is uploaded (``.npy`` first, its ``.json`` last) and a
+chunk missing locally is fetched from there, so the tasks share one cache and the search step reads all of it.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ class CacheMismatch(ValueError):
 
 
 class EmbeddingCache:
-    def __init__(self, root: str | Path, teacher: Teacher, dtype: str = "fp16"):
+    def __init__(self, root: str | Path, teacher: Teacher, dtype: str = "fp16", remote: str | None = None):
+        from embedpipe import storage
+
         self.teacher = teacher
+        self.remote = storage.join(remote, teacher.key) if remote else None
         self.dtype = dtype
         self.dir = Path(root) / teacher.key
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -57,8 +64,32 @@ class EmbeddingCache:
     def _paths(self, i: int) -> tuple[Path, Path]:
         return self.dir / f"chunk-{i:06d}.npy", self.dir / f"chunk-{i:06d}.json"
 
+    def _remote_uri(self, path: Path) -> str:
+        from embedpipe import storage
+
+        return storage.join(self.remote, path.name)
+
+    def _fetch(self, i: int) -> None:
+        """Chunk ``i`` from the shared cache, if another task finished it (its ``.json`` is the completion mark)."""
+        from embedpipe import storage
+
+        data, meta = self._paths(i)
+        if not self.remote or (data.is_file() and meta.is_file()) or not storage.is_complete(self._remote_uri(meta)):
+            return
+        storage.download(self._remote_uri(data), data)
+        storage.download(self._remote_uri(meta), meta)
+
+    def _share(self, i: int) -> None:
+        from embedpipe import storage
+
+        if self.remote:
+            data, meta = self._paths(i)
+            storage.upload(data, self._remote_uri(data))
+            storage.upload(meta, self._remote_uri(meta))
+
     def _valid(self, i: int, start: int, stop: int, content: str) -> bool:
         data, meta = self._paths(i)
+        self._fetch(i)
         if not (data.is_file() and meta.is_file()):
             return False
         saved = json.loads(meta.read_text())
@@ -74,13 +105,18 @@ class EmbeddingCache:
             raise CacheMismatch(f"cached chunk {data} has shape {shape}, expected {(stop - start, self.teacher.dimension)}")
         return True
 
-    def ensure(self, corpus: Corpus, chunk_size: int, progress=None) -> dict:
-        """Embed every chunk not already cached; returns counts of embedded and reused chunks and the time spent."""
+    def ensure(self, corpus: Corpus, chunk_size: int, progress=None, shard: tuple[int, int] | None = None) -> dict:
+        """Embed every chunk not already cached (with ``shard=(i, n)``: only chunks ``i, i+n, ...``); returns counts
+        of embedded and reused chunks and the time spent."""
         embedded = reused = 0
         seconds = 0.0
         self.bounds = list(corpus.chunks(chunk_size))
         self._mmaps.clear()
+        if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"embedding shard {shard[0]} of {shard[1]}: the index must be in [0, {shard[1]})")
         for i, (start, stop) in enumerate(self.bounds):
+            if shard is not None and i % shard[1] != shard[0]:
+                continue
             content = corpus.chunk_hash(start, stop)
             if self._valid(i, start, stop, content):
                 reused += 1
@@ -94,12 +130,14 @@ class EmbeddingCache:
                 os.replace(partial, data)
                 meta.write_text(json.dumps({"start": start, "stop": stop, "content": content, "dtype": self.dtype,
                                             "dimension": self.teacher.dimension}))
+                self._share(i)
                 seconds += time.perf_counter() - t0
                 embedded += 1
             if progress is not None:
                 progress(stop - start)
         log.info("%s: %d chunks embedded, %d reused from %s", self.teacher.config.model, embedded, reused, self.dir)
-        return {"chunks": len(self.bounds), "embedded": embedded, "reused": reused, "embed_seconds": round(seconds, 3)}
+        return {"chunks": len(self.bounds), "embedded": embedded, "reused": reused, "embed_seconds": round(seconds, 3),
+                **({"shard": list(shard)} if shard is not None else {})}
 
     def chunk(self, i: int) -> np.ndarray:
         """Chunk ``i`` memory-mapped (no copy; the OS pages it in and out)."""

@@ -34,6 +34,8 @@ class MiningConfig(Section):
     top_k: int = Field(4, gt=0)
     sample_from: tuple[int, int] | None = None  # sample top_k from this rank range [lo, hi) of the kept candidates
     candidates: int = Field(100, gt=0)  # nearest neighbours retrieved per query and teacher
+    # GPU tasks the corpus embedding fans out over on a cluster (each embeds every n-th chunk into the shared cache)
+    embed_tasks: int = Field(1, ge=1)
     chunk_size: int = Field(16384, gt=0)  # corpus documents per embedding chunk (the unit of caching and of memory)
     query_block_size: int = Field(16384, gt=0)  # records embedded and searched together
     batch_size: int = Field(64, gt=0)

@@ -176,6 +176,31 @@ class _Miner:
         return ids_out, scores_out
 
 
+def _local_corpus(corpus_path: str | Path, cache_dir: Path) -> Path:
+    if "://" in str(corpus_path):  # s3://: random access by byte offset needs a local copy
+        from embedpipe import storage
+
+        return storage.local_copy(corpus_path, cache_dir / "downloads")
+    return Path(corpus_path)
+
+
+def embed_corpus_shard(corpus_path: str | Path, config: MiningConfig, shard: int, shards: int,
+                       cache_dir: str | Path | None = None, cache_uri: str | None = None) -> dict:
+    """One fan-out task of the corpus embedding: every ``shards``-th chunk from ``shard`` on, per teacher, into the
+    chunk cache (shared through ``cache_uri`` on a cluster). :func:`mine_hard_negatives` on the same cache then
+    embeds nothing and mines exactly what a one-process run mines."""
+    t_start = time.perf_counter()
+    cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    corpus = Corpus(_local_corpus(corpus_path, cache_dir))
+    teachers = [load_teacher(t, config.batch_size, config.use_gpu) for t in config.teachers]
+    out = []
+    for teacher in teachers:
+        cache = EmbeddingCache(cache_dir, teacher, config.cache_dtype, remote=cache_uri)
+        out.append({"model": teacher.config.model, **cache.ensure(corpus, config.chunk_size, shard=(shard, shards))})
+    return {"shard": shard, "shards": shards, "corpus_documents": len(corpus), "teachers": out,
+            "seconds": round(time.perf_counter() - t_start, 2)}
+
+
 def mine_hard_negatives(
     records_path: str | Path,
     corpus_path: str | Path,
@@ -183,21 +208,22 @@ def mine_hard_negatives(
     out_path: str | Path,
     cache_dir: str | Path | None = None,
     show: bool = True,
+    cache_uri: str | None = None,
 ) -> dict:
     """Mine hard negatives for every record; write the records (negatives, their ids and scores filled) to
-    ``out_path`` and return the statistics (also printed, and logged to the active MLflow run if any)."""
+    ``out_path`` and return the statistics (also printed, and logged to the active MLflow run if any).
+
+    ``cache_uri``: the shared chunk cache of the fan-out tasks (:func:`embed_corpus_shard`); chunks they finished
+    are fetched, not embedded again."""
     from embedpipe.data.schema import iter_records, write_records
 
     t_start = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    if "://" in str(corpus_path):  # s3://: random access by byte offset needs a local copy
-        from embedpipe import storage
-
-        corpus_path = storage.local_copy(corpus_path, cache_dir / "downloads")
+    corpus_path = _local_corpus(corpus_path, cache_dir)
     corpus = Corpus(corpus_path)
     t_corpus = time.perf_counter()
     teachers = [load_teacher(t, config.batch_size, config.use_gpu) for t in config.teachers]
-    caches = [EmbeddingCache(cache_dir, t, config.cache_dtype) for t in teachers]
+    caches = [EmbeddingCache(cache_dir, t, config.cache_dtype, remote=cache_uri) for t in teachers]
     t_load = time.perf_counter()
     cache_stats = [c.ensure(corpus, config.chunk_size) for c in caches]
     t_embed = time.perf_counter()

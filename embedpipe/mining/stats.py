@@ -135,11 +135,12 @@ def print_summary(summary: dict, console=None) -> None:
 
 def log_to_mlflow(summary: dict) -> bool:
     """Metrics and the summary JSON to the active MLflow run; nothing when no run is active."""
-    import sys
+    from embedpipe import tracking
 
-    mlflow = sys.modules.get("mlflow")  # never imported -> no run can be active (and importing it costs seconds)
-    if mlflow is None or mlflow.active_run() is None:
+    if not tracking.active():
         return False
+    import mlflow
+
     metrics = {f"mining.{k}": float(summary[k]) for k in
                ("records_in", "records_out", "skipped_missing_positive", "embedded_missing_positive",
                 "fewer_than_k", "no_negatives", "corpus_documents")}

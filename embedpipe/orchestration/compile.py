@@ -18,9 +18,10 @@ PIPELINES = ("full", "ablation")
 COMMITTED_RECIPES = ("local", "llama-embed-nemotron-8b")
 
 
-def pipeline_function(kind: str, recipe=None):
-    """The pipeline definition for ``recipe``'s cluster settings (defaults without a recipe)."""
-    settings = ClusterSettings.from_recipe(recipe) if recipe is not None else ClusterSettings()
+def pipeline_function(kind: str, recipe=None, local: bool = False):
+    """The pipeline definition for ``recipe``'s cluster settings (defaults without a recipe); ``local`` for
+    kfp.local runs (no hub/cache env on the tasks)."""
+    settings = ClusterSettings.from_recipe(recipe, local=local) if recipe is not None else ClusterSettings()
     if kind == "full":
         from embedpipe.pipelines.full import build_full_pipeline
 

@@ -57,7 +57,7 @@ def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: 
         raise ValueError(f"runner {runner!r}: one of 'local' (this environment) or 'docker' (the role images)")
     local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache, cache_root=str(root / ".cache"))
-    func = pipeline_function(pipeline, recipe)
+    func = pipeline_function(pipeline, recipe, local=True)
     started = time.perf_counter()
     with steps:
         task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")

@@ -17,19 +17,18 @@ from embedpipe.recipe import Recipe
 log = logging.getLogger(__name__)
 
 
+TRAINING_SUMMARY = "training_summary.json"  # what embedpipe.training.run.train_stage writes beside its export
+
+
 def loss_history(summary: dict, model_dir: str | None = None) -> list[dict]:
-    """A training stage's ``[{"step", "loss"}]``: from its summary, or the log file it wrote beside its export."""
-    for key in ("history", "loss_history", "log"):
-        value = summary.get(key)
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            return [h for h in value if "loss" in h and "step" in h]
-    if model_dir:
-        for name in ("training_log.jsonl", "train_log.jsonl", "history.jsonl"):
-            path = Path(model_dir) / name
-            if path.is_file():
-                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-                return [r for r in rows if "loss" in r and "step" in r]
-    return []
+    """A training stage's per-step history (``[{"step", "loss", "lr", ...}]``), as training writes it: the
+    summary's ``history``, or, when the summary given has none, the ``training_summary.json`` beside the export."""
+    history = summary.get("history")
+    if history is None and model_dir:
+        path = Path(model_dir) / TRAINING_SUMMARY
+        if path.is_file():
+            history = json.loads(path.read_text()).get("history")
+    return [h for h in history or [] if "loss" in h and "step" in h]
 
 
 def service_name(recipe: Recipe) -> str:

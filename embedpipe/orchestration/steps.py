@@ -69,8 +69,37 @@ def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> dict:
 
 
 @timed
-def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
-    """SDG over the data step's corpus; with SDG disabled, an empty synthetic.jsonl says so downstream."""
+def download_models(recipe: Recipe) -> dict:
+    """The run's one hub download (or, offline, the check that the model cache has it all)."""
+    from embedpipe.orchestration.hub import download, download_plan
+
+    entries = download_plan(recipe)
+    offline = recipe.pipeline.hub.offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false")
+    return {**download(entries, offline=offline), "planned": len(entries)}
+
+
+def sdg_shard_store(recipe: Recipe, corpus: Path) -> str:
+    """Where a run's SDG shards live, shared by the per-generator tasks and the filter step and kept across
+    restarts: ``<artifact_root>/sdg-shards/<hash of the sdg section and the seed corpus>``."""
+    import hashlib
+
+    from embedpipe import storage
+
+    digest = hashlib.sha256(recipe.sdg.model_dump_json().encode())
+    if corpus.is_file():
+        with corpus.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return storage.join(recipe.pipeline.artifact_root, "sdg-shards", digest.hexdigest()[:20])
+
+
+@timed
+def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+               only_generator: str | None = None, generate: bool = True) -> dict:
+    """SDG over the data step's corpus; with SDG disabled, an empty synthetic.jsonl says so downstream.
+
+    ``only_generator``: one generator's shards (a per-generator task); ``generate=False``: filter the shards those
+    tasks left in the shared shard store."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not recipe.sdg.enabled or not recipe.sdg.generators:
@@ -79,8 +108,28 @@ def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.Pa
                                     "records": 0})
     from embedpipe.data.sdg import generate_synthetic
 
-    summary = generate_synthetic(recipe, Path(data_dir) / "corpus.jsonl", out)
+    corpus = Path(data_dir) / "corpus.jsonl"
+    summary = generate_synthetic(recipe, corpus, out, only_generator=only_generator, generate=generate,
+                                 shard_store=sdg_shard_store(recipe, corpus))
     return _write_summary(out, summary)
+
+
+def mining_cache_uri(recipe: Recipe) -> str | None:
+    """The chunk cache the corpus-embedding tasks share: under an s3:// artifact root (a local run's tasks share
+    the machine's step cache already)."""
+    from embedpipe import storage
+
+    root = recipe.pipeline.artifact_root
+    return storage.join(root, "mining-cache") if storage.is_remote(root) else None
+
+
+@timed
+def embed_corpus(recipe: Recipe, data_dir: str | os.PathLike, shard: int, shards: int) -> dict:
+    """One of the mining step's corpus-embedding tasks (the mining step then reuses every chunk)."""
+    from embedpipe.mining.mine import embed_corpus_shard
+
+    return embed_corpus_shard(Path(data_dir) / "corpus.jsonl", recipe.mining, shard, shards,
+                              cache_dir=step_cache_dir() / "mining", cache_uri=mining_cache_uri(recipe))
 
 
 @timed
@@ -98,7 +147,7 @@ def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.Pa
     combined = combine_records(sources, out / "combined.jsonl", eval_dir=data / "eval",
                                decontaminate_against=recipe.data.decontaminate_against, lenient=recipe.data.lenient)
     stats = mine_hard_negatives(out / "combined.jsonl", data / "corpus.jsonl", recipe.mining, out / "records.jsonl",
-                                cache_dir=step_cache_dir() / "mining")
+                                cache_dir=step_cache_dir() / "mining", cache_uri=mining_cache_uri(recipe))
     (out / "combined.jsonl").unlink()
     return _write_summary(out, {"combine": combined, "mining": stats})
 

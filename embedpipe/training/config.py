@@ -89,6 +89,12 @@ class TrainingConfig(Section):
     adam_epsilon: float = Field(1e-8, gt=0)
     nodes: int = Field(1, ge=1)
     gpus_per_node: int = Field(1, ge=1)
+    # the export's weights: "training" = the training dtype (bf16 under bf16 precision: half the bytes of fp32 for the
+    # merge and serving), "fp32" on request
+    export_dtype: Literal["training", "fp32"] = "training"
+    # multi-node: a Kubeflow Trainer v2 TrainJob on this ClusterTrainingRuntime, or a v1 PyTorchJob ("pytorchjob")
+    launcher: Literal["trainjob", "pytorchjob"] = "trainjob"
+    runtime: str = "torch-distributed"
 
     @model_validator(mode="before")
     @classmethod

@@ -273,6 +273,7 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
                "hard_negatives": k, "loss": training.loss,
                "backend": training.backend, "world_size": world_size, "batch_size": stage_cfg.batch_size,
                "micro_batch_size": micro, "accumulation": accumulation, "bf16": bf16,
+               "export_dtype": "bfloat16" if bf16 and training.export_dtype == "training" else "float32",
                "init_model": str(init_model), "out_dir": str(out_dir), "truncated_texts": examples.truncated,
                "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
@@ -325,6 +326,7 @@ def _write_export(state, model, tokenizer, init_meta, stage_cfg, out_dir, summar
 
     plain = LlamaBidirectionalModel(model.config)
     plain.load_state_dict(state)
+    plain = plain.to(getattr(torch, summary["export_dtype"]))  # the config's choice (training.export_dtype)
     encoder = Encoder(plain.eval(), tokenizer, max_length=stage_cfg.max_document_length,
                       query_max_length=stage_cfg.max_query_length)
     meta = {"base_model": init_meta.get("base_model"), "training": {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from embedpipe import tracking
+
 log = logging.getLogger(__name__)
 
 # dense bf16 peak FLOP/s per GPU (no sparsity), for MFU
@@ -11,36 +13,23 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 
 def active_run():
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover - a dependency
+    """The active MLflow run or None (the guard is embedpipe.tracking.active)."""
+    if not tracking.active():
         return None
+    import mlflow
+
     return mlflow.active_run()
 
 
-def log_params(params: dict[str, object]) -> None:
-    """Log parameters, skipping keys the run already holds (a pipeline run may have logged the recipe)."""
-    if active_run() is None:
-        return
-    import mlflow
-
-    existing = mlflow.get_run(active_run().info.run_id).data.params
-    fresh = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
-    items = list(fresh.items())
-    for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i:i + 100]))
+log_params = tracking.log_params  # one log_params for every area (skips keys the run already holds)
 
 
 def log_metrics(metrics: dict[str, float], step: int) -> None:
-    if active_run() is None:
-        return
-    import mlflow
-
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    tracking.log_metrics(metrics, step=step)
 
 
 def log_model_dir(local_dir: str, artifact_path: str) -> None:
-    if active_run() is None:
+    if not tracking.active():
         return
     import mlflow
 

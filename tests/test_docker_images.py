@@ -93,7 +93,7 @@ def test_roles_cli_splits_the_no_deps_packages_off(tmp_path):
 def test_every_step_belongs_to_a_role_and_reaches_its_dependencies():
     steps = images.steps_by_role()
     assert set(steps["base"]) >= {"build_data", "merge", "track_full"}
-    assert set(steps["train"]) >= {"mine", "train_stage1"} and set(steps["sdg"]) == {"synthesize"}
+    assert set(steps["train"]) >= {"mine", "train_stage1"} and "synthesize" in steps["sdg"]
     needed = {m.split(".")[0] for m in images.step_imports(steps["train"]["mine"])}
     assert {"faiss", "torch", "mteb"} <= needed  # mining searches with faiss and decontaminates against MTEB
     assert "kfp" in {m.split(".")[0] for m in images.step_imports(steps["base"]["train_stage1_job"])}

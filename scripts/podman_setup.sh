@@ -19,7 +19,7 @@ events_logger = "file"
 CONF
 if [ "${1:-}" = "--service" ]; then
   SOCK=${PODMAN_SOCK:-/run/embedpipe-podman.sock}
-  if ! [ -S "$SOCK" ] || ! curl -s --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; then
+  if ! [ -S "$SOCK" ] || ! python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "$SOCK" 2>/dev/null; then
     rm -f "$SOCK"
     nohup podman system service --time=0 "unix://$SOCK" >/var/tmp/embedpipe-podman-service.log 2>&1 &
     for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.2; done

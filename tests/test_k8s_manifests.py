@@ -155,7 +155,7 @@ def test_pipeline_runner_rbac_is_least_privilege(rendered):
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
         assert "secrets" not in rule["resources"]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert {"pods", "pytorchjobs", "inferenceservices"} <= resources
+    assert {"pods", "pytorchjobs", "trainjobs", "inferenceservices"} <= resources
     binding = by_kind(docs, "RoleBinding", "embedpipe-pipeline-runner")[0]
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "embedpipe-pipeline-runner",
                                       "namespace": "embedpipe"}

@@ -234,3 +234,58 @@ def test_queue_name_labels_the_job_and_every_gpu_pod_of_the_pipeline(tmp_path):
         QUEUE_LABEL) == "gpu-a100"}
     gpu_steps = {f"exec-{n}" for n in ("synthesize", "mine", "train-stage1", "train-stage2", "evaluate")}
     assert gpu_steps <= labelled, sorted(labelled)
+
+
+def trainjob_spec(**extra):
+    return k8s_jobs.JobSpec(
+        name="embedpipe-x-stage1-0123456789", namespace="kubeflow", image="ghcr.io/embedpipe/embedpipe-train:0.1.0",
+        launch_args=["--stage", "stage1", "--out", "s3://b/model"], recipe_json='{"name": "x"}', nodes=8,
+        gpus_per_node=8, node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        secret_envs={"embedpipe-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"}}, **extra)
+
+
+def test_trainjob_validates_against_the_trainer_v2_crd(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    manifest = k8s_jobs.trainjob_manifest(trainjob_spec(queue_name="gpu-a100"))
+    assert manifest["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert manifest["spec"]["trainer"]["numNodes"] == 8 and manifest["spec"]["trainer"]["numProcPerNode"] == 8
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-a100"
+    assert "exec torchrun -m embedpipe.training.launch" in manifest["spec"]["trainer"]["command"][2]
+    path = tmp_path / "trainjob.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    tool = Path("/work/shared/tools/crd_validate.py")
+    if not tool.is_file():
+        pytest.skip("no CRD schemas on this machine")
+    run = subprocess.run([sys.executable, str(tool), str(path)], capture_output=True, text=True)
+    assert run.returncode == 0 and "1 objects checked" in run.stdout, run.stdout + run.stderr
+    bad = dict(manifest, spec={**manifest["spec"], "trainer": {**manifest["spec"]["trainer"], "nprocPerNode": 8}})
+    path.write_text(yaml.safe_dump(bad))
+    assert subprocess.run([sys.executable, str(tool), str(path)], capture_output=True).returncode == 1  # strict
+    with pytest.raises(ValueError, match="deepspeed-distributed"):
+        k8s_jobs.trainjob_manifest(trainjob_spec(), runtime="deepspeed-distributed")
+
+
+def test_trainjob_wait_reads_complete_and_failed():
+    done = {"status": {"conditions": [{"type": "Created", "status": "True", "lastTransitionTime": "2025-01-01T00:00:00Z"},
+                                      {"type": "Complete", "status": "True", "lastTransitionTime": "2025-01-01T01:00:00Z",
+                                       "message": "TrainJob is completed"}]}}
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": "2025-01-01T01:00:00Z",
+                                         "message": "trainer node-0 failed"}]}}
+    server = FakeApiServer([{"status": {}}, done])
+    clock = Clock()
+    try:
+        k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=600, poll_s=1, clock=clock,
+                              sleep=clock.sleep, kind=k8s_jobs.TRAINJOB)
+        assert server.requests[0][1] == "/apis/trainer.kubeflow.org/v1alpha1/namespaces/kubeflow/trainjobs/j"
+        server.responses = [failed]
+        with pytest.raises(k8s_jobs.TrainingJobFailed, match="TrainJob kubeflow/j failed: trainer node-0 failed"):
+            k8s_jobs.wait_for_job(server.client(), "j", "kubeflow", timeout_s=600, poll_s=1, clock=clock,
+                                  sleep=clock.sleep, kind=k8s_jobs.TRAINJOB)
+    finally:
+        server.close()

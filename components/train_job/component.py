@@ -1,5 +1,5 @@
-"""Multi-node training: a launcher step that runs the stage as a Kubeflow PyTorchJob (kubernetes client), waits for
-it with the recipe's timeout, fails when the job fails, and returns the export as its artifact
+"""Multi-node training: a launcher step that runs the stage as a Kubeflow Trainer v2 TrainJob (or a v1 PyTorchJob,
+training.launcher) with the kubernetes client, waits for it with the recipe's timeout, fails when the job fails, and returns the export as its artifact
 (embedpipe.orchestration.k8s_jobs). The launcher itself needs no GPU."""
 
 from kfp import dsl

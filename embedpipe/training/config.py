@@ -92,6 +92,9 @@ class TrainingConfig(Section):
     # the export's weights: "training" = the training dtype (bf16 under bf16 precision: half the bytes of fp32 for the
     # merge and serving), "fp32" on request
     export_dtype: Literal["training", "fp32"] = "training"
+    # multi-node: a Kubeflow Trainer v2 TrainJob on this ClusterTrainingRuntime, or a v1 PyTorchJob ("pytorchjob")
+    launcher: Literal["trainjob", "pytorchjob"] = "trainjob"
+    runtime: str = "torch-distributed"
 
     @model_validator(mode="before")
     @classmethod

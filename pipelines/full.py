@@ -7,7 +7,7 @@ from kfp import dsl
 
 from embedpipe.components.data.component import build_data
 from embedpipe.components.download.component import download_models
-from embedpipe.components.evaluate.component import evaluate
+from embedpipe.components.evaluate.component import evaluate, evaluate_group, merge_evaluations
 from embedpipe.components.merge.component import merge
 from embedpipe.components.mining.component import embed_corpus, mine
 from embedpipe.components.plan.component import plan_variants
@@ -75,8 +75,17 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
         merged = with_models(on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
                                data=data.outputs["data"]),
                         settings, "8", "64Gi"), settings).set_display_name("merge")
-        scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"], data=data.outputs["data"]),
-                         settings, 1).set_display_name("MTEB evaluation")
+        if settings.eval_groups > 1:  # the tasks fan out over pods; one results folder after
+            n = settings.eval_groups
+            with dsl.ParallelFor(list(range(n)), name="evaluation-groups", parallelism=n) as group:
+                part = on_gpus(evaluate_group(recipe_json=recipe_json, model=merged.outputs["merged"],
+                                              data=data.outputs["data"], group=group, groups=n), settings, 1)
+                part.set_display_name("MTEB task group")
+            scores = on_cpu(merge_evaluations(recipe_json=recipe_json, groups=dsl.Collected(part.outputs["results"])),
+                            settings, "2", "8Gi").set_display_name("MTEB results merge")
+        else:
+            scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
+                                      data=data.outputs["data"]), settings, 1).set_display_name("MTEB evaluation")
         tracked = track_full(recipe_json=recipe_json, run_name=run_name, data=data.outputs["data"],
                              records=mined.outputs["records"], stage1_summary=stage1.outputs["Output"],
                              stage2_summaries=dsl.Collected(stage2.outputs["Output"]), merged=merged.outputs["merged"],

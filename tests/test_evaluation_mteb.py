@@ -339,3 +339,26 @@ def test_named_benchmark_task_selection_offline():
     benchmark = mteb.get_benchmark("MTEB(Multilingual, v2)")
     assert len(benchmark.tasks) > 100
     assert {"Retrieval", "STS", "BitextMining", "Clustering"} <= {t.metadata.type for t in benchmark.tasks}
+
+
+def test_task_groups_merged_equal_one_pod(tiny_encoder, tasks_dir, tmp_path):
+    """Evaluation fanned out over 2 task groups (one pod each) and merged = the one-pod run: scores, means, files."""
+    from embedpipe.evaluation.run import evaluate, merge_results
+
+    config = EvaluationConfig(batch_size=16)
+    one = evaluate(tiny_encoder, config, tmp_path / "one", extra_tasks_dir=tasks_dir, cache_dir=tmp_path / "e1",
+                   model_name="tiny")
+    groups = [evaluate(tiny_encoder, config, tmp_path / f"g{i}", extra_tasks_dir=tasks_dir,
+                       cache_dir=tmp_path / f"e-g{i}", model_name="tiny", group=(i, 2)) for i in range(2)]
+    assert all(g["scores"] for g in groups) and not set(groups[0]["scores"]) & set(groups[1]["scores"])
+    merged = merge_results([tmp_path / "g0", tmp_path / "g1"], tmp_path / "merged", config)
+    assert merged["scores"] == pytest.approx(one["scores"], abs=1e-6)
+    assert merged["mean_task"] == pytest.approx(one["mean_task"], abs=1e-6)
+    assert merged["mean_task_type"] == pytest.approx(one["mean_task_type"], abs=1e-6)
+    files = lambda root: sorted(p.relative_to(root).as_posix() for p in (root / "results").rglob("*.json"))  # noqa: E731
+    assert files(tmp_path / "merged") == files(tmp_path / "one")
+    assert Path(merged["results_dir"]) == tmp_path / "merged" / Path(one["results_dir"]).relative_to(tmp_path / "one")
+    with pytest.raises(ValueError, match="overlap"):
+        merge_results([tmp_path / "g0", tmp_path / "g0"], tmp_path / "bad", config)
+    with pytest.raises(ValueError, match=r"index must be in \[0, 2\)"):
+        evaluate(tiny_encoder, config, tmp_path / "x", extra_tasks_dir=tasks_dir, model_name="tiny", group=(2, 2))

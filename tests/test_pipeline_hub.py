@@ -134,3 +134,17 @@ def test_mining_embeds_the_corpus_in_a_fan_out_before_the_search(paper):
     assert loop in tasks["mine"]["dependentTasks"]  # the search + selection waits for every embedding task
     executor = spec["deploymentSpec"]["executors"]["exec-embed-corpus"]
     assert int(executor["container"]["resources"]["accelerator"]["resourceCount"]) == 1
+
+
+def test_evaluation_fans_out_over_task_groups_then_merges(paper):
+    recipe, docs = paper
+    spec = docs["full"][0]
+    tasks = spec["root"]["dag"]["tasks"]
+    loops = [t for t in tasks.values() if t.get("parameterIterator", {}).get("items", {}).get("raw")
+             == str(list(range(recipe.evaluation.groups)))]
+    inner = [set(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for t in loops]
+    assert {"evaluate-group"} in inner
+    merged = tasks["merge-evaluations"]["inputs"]["artifacts"]["groups"]["taskOutputArtifact"]
+    assert merged["producerTask"].startswith("for-loop")  # dsl.Collected over the groups
+    assert tasks["track-full"]["inputs"]["artifacts"]["results"]["taskOutputArtifact"]["producerTask"] == \
+        "merge-evaluations"

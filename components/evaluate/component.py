@@ -1,5 +1,7 @@
 """MTEB evaluation of a model on the recipe's tasks and the held-out tasks of the data step (embedpipe.evaluation)."""
 
+from typing import List
+
 from kfp import dsl
 
 from embedpipe.orchestration.images import image
@@ -25,5 +27,43 @@ def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.
         scores.log_metric(key, value)  # shown by the KFP UI
     os.makedirs(os.path.dirname(scores.path), exist_ok=True)
     with open(scores.path, "w") as handle:  # a file at the URI: KFP's local cache treats a missing one as a miss
+        json.dump(headline, handle)
+    return json.dumps(summary, default=str)
+
+
+@dsl.component(base_image=image("eval"), install_kfp_package=False)
+def evaluate_group(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset], group: int,
+                   groups: int, results: dsl.Output[dsl.Artifact], model_name: str = "") -> str:
+    """One task group of a fanned-out evaluation (every ``groups``-th task by name, from ``group``)."""
+    import json
+
+    from embedpipe.orchestration import steps
+
+    recipe = steps.recipe_from_json(recipe_json)
+    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None,
+                             group=(group, groups))
+    return json.dumps(summary, default=str)
+
+
+@dsl.component(base_image=image("eval"), install_kfp_package=False)
+def merge_evaluations(recipe_json: str, groups: dsl.Input[List[dsl.Artifact]], results: dsl.Output[dsl.Artifact],
+                      scores: dsl.Output[dsl.Metrics]) -> str:
+    """The task groups' results as one mteb results folder and one summary (what one pod writes)."""
+    import json
+    import os
+
+    from embedpipe.evaluation.run import merge_results
+    from embedpipe.orchestration import steps
+    from embedpipe.tracking import numeric_metrics
+
+    recipe = steps.recipe_from_json(recipe_json)
+    summary = merge_results([g.path for g in groups], results.path, recipe.evaluation)
+    with open(os.path.join(results.path, "scores.json"), "w") as handle:
+        json.dump(summary, handle, indent=2, default=str)
+    headline = numeric_metrics({k: summary.get(k) for k in ("mean_task", "mean_task_type", "borda")})
+    for key, value in headline.items():
+        scores.log_metric(key, value)
+    os.makedirs(os.path.dirname(scores.path), exist_ok=True)
+    with open(scores.path, "w") as handle:
         json.dump(headline, handle)
     return json.dumps(summary, default=str)

@@ -26,4 +26,5 @@ class EvaluationConfig(Section):
     # task name or mteb task type ("Retrieval", "STS", ...) -> instruction, for tasks whose metadata has none
     instructions: dict[str, str] = Field(default_factory=dict)
     batch_size: int = Field(32, gt=0)
+    groups: int = Field(1, ge=1)  # on a cluster: pods the tasks fan out over (merged into one results folder)
     max_corpus: int | None = Field(None, gt=0)

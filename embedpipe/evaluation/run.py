@@ -103,9 +103,13 @@ def evaluate(
     extra_tasks_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     model_name: str | None = None,
+    group: tuple[int, int] | None = None,
 ) -> dict:
     """Run every configured task; return per-task main scores, Mean(Task), Mean(TaskType) and (with reference
-    results) the Borda rank. Scores are logged to the active MLflow run, if any."""
+    results) the Borda rank. Scores are logged to the active MLflow run, if any.
+
+    ``group=(i, n)``: only the i-th of n task groups (tasks sorted by name, every n-th), one pod each; then
+    :func:`merge_results` puts the groups' folders together into what one pod writes."""
     import mteb
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
 
@@ -116,6 +120,10 @@ def evaluate(
     revision = model_revision(path)
     name = mteb_model_name(path, model_name, model_dir)
     tasks = collect_tasks(config, extra_tasks_dir)
+    if group is not None:
+        if not (group[1] >= 1 and 0 <= group[0] < group[1]):
+            raise ValueError(f"evaluation group {group[0]} of {group[1]}: the index must be in [0, {group[1]})")
+        tasks = sorted(tasks, key=lambda t: t.metadata.name)[group[0]::group[1]]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = mteb.ResultCache(out)
@@ -155,24 +163,68 @@ def evaluate(
 
     task_types = {t.metadata.name: t.metadata.type for t in tasks}
     scores = {r.task_name: float(r.get_score()) for r in result.task_results}
+    summary = _summary(name, revision, path, str(results.get_task_result_path("x", meta).parent), scores, task_types,
+                       [t for t in scores if t not in skipped], skipped, getattr(model, "encoded_texts", None))
+    return _finish(summary, out, config)
+
+
+def _summary(name, revision, path, results_dir, scores, task_types, evaluated, skipped, encoded) -> dict:
     per_type: dict[str, list[float]] = {}
     for task, score in scores.items():
         per_type.setdefault(task_types[task], []).append(score)
     mean_per_type = {k: sum(v) / len(v) for k, v in per_type.items()}
-    summary = {
+    return {
         "model_name": name,
         "revision": revision,
         "model_dir": str(path),
-        "results_dir": str(results.get_task_result_path("x", meta).parent),
+        "results_dir": results_dir,
         "scores": scores,
         "task_types": task_types,
         "mean_task": _mean(scores.values()),
         "mean_task_type": _mean(mean_per_type.values()),
         "mean_per_type": mean_per_type,
-        "evaluated": [t for t in scores if t not in skipped],
+        "evaluated": evaluated,
         "skipped": skipped,
-        "encoded_texts": getattr(model, "encoded_texts", None),
+        "encoded_texts": encoded,
     }
+
+
+def merge_results(group_dirs: list[str | Path], out_dir: str | Path, config: EvaluationConfig) -> dict:
+    """The task groups' result folders (see ``evaluate(group=...)``) as one mteb results folder with one summary,
+    Mean(Task) / Mean(TaskType) / Borda rank computed over all tasks as one pod computes them."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for folder in map(Path, group_dirs):
+        summary_file = folder / SUMMARY_FILE
+        if not summary_file.is_file():
+            raise FileNotFoundError(f"evaluation group folder {folder} has no {SUMMARY_FILE}: did its task finish?")
+        parts.append(json.loads(summary_file.read_text()))
+        if (folder / "results").is_dir():
+            shutil.copytree(folder / "results", out / "results", dirs_exist_ok=True)
+    if len({(p["model_name"], p["revision"]) for p in parts}) > 1:
+        raise ValueError(f"evaluation groups scored different models: {sorted({p['model_name'] for p in parts})}")
+    overlap = [t for i, p in enumerate(parts) for t in p["scores"] if any(t in q["scores"] for q in parts[:i])]
+    if overlap:
+        raise ValueError(f"evaluation groups overlap on tasks {overlap[:5]}")
+    first = parts[0]
+    scores = {t: s for p in parts for t, s in p["scores"].items()}
+    task_types = {t: k for p in parts for t, k in p["task_types"].items()}
+    encoded = [p.get("encoded_texts") for p in parts]
+    summary = _summary(first["model_name"], first["revision"], first["model_dir"],
+                       str(out / Path(first["results_dir"]).relative_to(Path(first["results_dir"]).parents[2])),
+                       scores, task_types, [t for p in parts for t in p["evaluated"]],
+                       [t for p in parts for t in p["skipped"]],
+                       sum(encoded) if all(isinstance(e, int) for e in encoded) else None)
+    return _finish(summary, out, config, groups=len(parts))
+
+
+def _finish(summary: dict, out: Path, config: EvaluationConfig, groups: int | None = None) -> dict:
+    name, task_types = summary["model_name"], summary["task_types"]
+    if groups is not None:
+        summary["groups"] = groups
     _write_task_types(out, task_types)
     if config.reference_results:
         board = build_leaderboard(

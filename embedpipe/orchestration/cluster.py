@@ -30,6 +30,7 @@ class ClusterSettings:
     # (generator name, tensor-parallel degree) of the recipe's SDG mix: one task each, with that many GPUs
     sdg_generators: tuple[tuple[str, int], ...] = ()
     mining_embed_tasks: int = 1  # GPU tasks the corpus embedding fans out over before the mining step
+    eval_groups: int = 1  # MTEB evaluation pods (task groups), merged into one results folder
     hub_env: bool = True  # False for kfp.local runs: no cache volume there, the machine's own HF settings apply
     queue_name: str | None = None  # Kueue LocalQueue of every GPU pod
 
@@ -51,6 +52,7 @@ class ClusterSettings:
             sdg_generators=tuple((g.name, g.tensor_parallel_size) for g in recipe.sdg.generators)
             if recipe.sdg.enabled else (),
             mining_embed_tasks=recipe.mining.embed_tasks,
+            eval_groups=recipe.evaluation.groups,
             hub_env=not local,
             queue_name=p.queue_name,
         )

@@ -234,14 +234,15 @@ def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
 
 @timed
 def evaluate(recipe: Recipe, model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             model_name: str | None = None) -> dict:
-    """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks."""
+             model_name: str | None = None, group: tuple[int, int] | None = None) -> dict:
+    """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks (``group``: one task
+    group of a fanned-out evaluation)."""
     from embedpipe.evaluation.run import evaluate as run_evaluation
 
     eval_dir = Path(data_dir) / "eval"
     return run_evaluation(Path(model_dir), recipe.evaluation, Path(out_dir),
                           extra_tasks_dir=eval_dir if (eval_dir / "tasks.json").is_file() else None,
-                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name)
+                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name, group=group)
 
 
 def variant_name(variant: dict | None, index: int | None = None) -> str:

@@ -114,7 +114,6 @@ def evaluate(
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
 
     from embedpipe.encoder.convert import cache_dir as embedpipe_cache
-    from embedpipe.evaluation.leaderboard import build_leaderboard, load_results_folder
 
     path, kind = resolve_model_dir(model_dir)
     revision = model_revision(path)
@@ -227,6 +226,8 @@ def _finish(summary: dict, out: Path, config: EvaluationConfig, groups: int | No
         summary["groups"] = groups
     _write_task_types(out, task_types)
     if config.reference_results:
+        from embedpipe.evaluation.leaderboard import build_leaderboard, load_results_folder
+
         board = build_leaderboard(
             load_results_folder(config.reference_results) + load_results_folder(out),
             task_types=task_types,

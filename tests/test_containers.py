@@ -102,6 +102,7 @@ def test_images_carry_this_checkouts_source_digest_and_older_source_is_refused(c
     assert image("base") in problem and digest[:12] in problem
 
 
+@pytest.mark.timeout(2700)  # two whole pipeline runs: 12.5 min in-process alone with seven engineers on 2 cores
 def test_tiny_pipeline_in_containers_gives_the_in_process_scores(client, tmp_path, monkeypatch):
     from test_pipeline_local_run import tiny_recipe
 

@@ -70,6 +70,228 @@ def check_tracking_uri(tracking_uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow store {tracking_uri}: {folder} is not writable")
 
 
+# ------------------------------------------------------------------------------------------- pipeline runs
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # how MLflow 3.x's UI files an experiment (GenAI vs model training)
+MODEL_TRAINING_KIND = "custom_model_development"
+KFP_RUN_TAG = "embedpipe.kfp_run_id"  # the pipeline run a parent belongs to: how every step finds its parent
+KIND_TAG = "embedpipe.kind"  # pipeline | training | cell
+JOB_TAG = "embedpipe.job"  # a training job's key within its pipeline run (stage1, stage2/mix-a, <cell>/stage2/mix-a)
+STAGE_TAG = "embedpipe.stage"
+CELL_TAG = "embedpipe.cell"
+VARIANT_TAG = "embedpipe.variant"
+CACHED_TAG = "embedpipe.cached"  # a child recorded from a cached step's summary (it did not train in this run)
+RUN_ID_ENV = "MLFLOW_RUN_ID"  # MLflow's own: ``mlflow.start_run()`` resumes this run (training's worker processes)
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created when missing, filed under MLflow's model-training view.
+
+    MLflow 3.x's UI files an experiment by its ``mlflow.experimentKind`` tag (``genai_development`` or
+    ``custom_model_development``; untagged, it guesses, and lands a new user on the GenAI overview); MLflow 3.5+
+    also has a GenAI / machine-learning switch in the side bar, which :func:`ui_url` sets with ``?workflowType=``."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException:  # another step created it meanwhile
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def ui_url(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
+    """Where to look in MLflow's UI: the experiment's training runs (or one run) in the machine-learning view. For
+    a local store, the ``mlflow ui`` command that serves it, then the path on that server."""
+    path = f"#/experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "/runs") + \
+        "?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{path}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}  then  http://127.0.0.1:5000/{path}"
+
+
+def pipeline_run_name(recipe_name: str, run_name: str = "", kfp_run_name: str = "") -> str:
+    """``<recipe> · <run>``: the run's given name, else the pipeline run's (KFP: ``embedpipe-full-<timestamp>``)."""
+    import time
+
+    label = run_name or (kfp_run_name if kfp_run_name and "{{" not in kfp_run_name else "") or \
+        time.strftime("%Y-%m-%d-%H%M%S", time.gmtime())
+    return f"{recipe_name} · {label}"
+
+
+def _source_tags(pipeline: str, recipe_name: str) -> dict[str, str]:
+    """What MLflow shows as a run's source (left alone it is the KFP ``executor`` script)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+
+    return {MLFLOW_SOURCE_NAME: f"embedpipe {pipeline} pipeline ({recipe_name})", MLFLOW_SOURCE_TYPE: "JOB"}
+
+
+def open_pipeline_run(recipe, pipeline: str, kfp_run_id: str, run_name: str = "", kfp_run_name: str = "") -> str:
+    """The pipeline's parent run, opened by its first step: named ``<recipe> · <run>``, the recipe as params, tagged
+    with the KFP run id (the later steps find it by that). A retried first step gets the run it opened before."""
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    exp_id = experiment_id(recipe.experiment_name)
+    existing = find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    if existing:
+        return existing
+    name = pipeline_run_name(recipe.name, run_name, kfp_run_name)
+    client = _client()
+    run = client.create_run(exp_id, run_name=name, tags={
+        MLFLOW_RUN_NAME: name, KFP_RUN_TAG: kfp_run_id, KIND_TAG: "pipeline", "embedpipe.pipeline": pipeline,
+        "embedpipe.recipe": recipe.name, **_source_tags(pipeline, recipe.name)})
+    params = [Param(k, v) for k, v in params_of(recipe).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def find_pipeline_run(experiment_name: str, kfp_run_id: str) -> str | None:
+    """The parent run of pipeline run ``kfp_run_id`` (None: no such run, or no run id)."""
+    if not kfp_run_id or "{{" in kfp_run_id:
+        return None
+    client = _client()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' and tags.`{KIND_TAG}` = 'pipeline'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def children(parent_run_id: str, kind: str | None = None) -> list:
+    """The parent's child runs (``kind``: only ``training`` or ``cell`` ones), oldest first."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    filter_string = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if kind:
+        filter_string += f" and tags.`{KIND_TAG}` = '{kind}'"
+    return client.search_runs([parent.info.experiment_id], filter_string=filter_string,
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+
+
+def close_pipeline_run(parent_run_id: str, failed: bool = False) -> dict:
+    """End the parent now (its duration: the first step's start to the last step's end). Children still RUNNING
+    belong to steps that died without ending them (killed, out of memory): they end FAILED."""
+    client = _client()
+    killed = [c.info.run_id for c in children(parent_run_id) if c.info.status == "RUNNING"]
+    for run_id in killed:
+        client.set_tag(run_id, "embedpipe.failure", "the step ended without closing its run (killed?)")
+        client.set_terminated(run_id, "FAILED")
+    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+    run = client.get_run(parent_run_id)
+    return {"status": run.info.status, "seconds": round((run.info.end_time - run.info.start_time) / 1000, 2),
+            "ended_failed_children": killed}
+
+
+def fail_open_pipeline_runs(experiment_name: str, since_ms: int, reason: str) -> list[str]:
+    """End FAILED the parents still RUNNING that started at or after ``since_ms``: a pipeline that failed before its
+    tracking step (the local runner calls this when kfp.local raises)."""
+    client = _client()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and attributes.status = 'RUNNING' "
+                                            f"and attributes.start_time >= {int(since_ms)}")
+    for run in runs:
+        client.set_tag(run.info.run_id, "embedpipe.failure", reason[:5000])
+        close_pipeline_run(run.info.run_id, failed=True)
+    return [r.info.run_id for r in runs]
+
+
+def job_key(stage: str, variant: dict | None = None, cell: str | None = None) -> str:
+    """A training job's key in its pipeline run: ``stage1``, ``stage2/<variant>``, ``<cell>/stage2/<variant>``."""
+    parts = ([cell] if cell else []) + [stage] + ([str(variant.get("name") or "variant")] if variant else [])
+    return "/".join(parts)
+
+
+def find_child(parent_run_id: str, job: str):
+    """The child run of training job ``job`` under the parent (the last one opened), or None."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{JOB_TAG}` = '{job}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+@contextmanager
+def training_run(recipe, kfp_run_id: str, stage: str, variant: dict | None = None,
+                 cell: str | None = None) -> Iterator[Any]:
+    """A training job's own child run of its pipeline's parent, active while it trains: the training loop's metrics
+    (loss, lr, grad norm, tokens/s, MFU on GPU) go there live. An exception ends it FAILED with what it logged.
+
+    Without a parent to join (no KFP run id, no parent opened: a bare ``embedpipe train``), nothing is opened.
+    Worker processes the job starts find the run in ``MLFLOW_RUN_ID`` (:func:`resumed_run`)."""
+    if not kfp_run_id or "{{" in kfp_run_id or active():
+        yield None
+        return
+    import mlflow
+
+    setup(recipe.pipeline.mlflow_tracking_uri)
+    parent = find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    if parent is None:
+        log.warning("no MLflow parent run for pipeline run %s in %s: training untracked", kfp_run_id,
+                    recipe.experiment_name)
+        yield None
+        return
+    job = job_key(stage, variant, cell)
+    name = job.replace("/", " · ")
+    tags = {JOB_TAG: job, KIND_TAG: "training", STAGE_TAG: stage, "embedpipe.recipe": recipe.name,
+            **_source_tags("training", recipe.name)}
+    if variant:
+        tags[VARIANT_TAG] = str(variant.get("name") or "variant")
+    if cell:
+        tags[CELL_TAG] = cell
+    mlflow.set_experiment(experiment_id=experiment_id(recipe.experiment_name))
+    with mlflow.start_run(run_name=name, parent_run_id=parent, nested=True, tags=tags) as run:
+        if variant:
+            log_params({f"variant.{k}": v for k, v in variant.items()})
+        with _environ({RUN_ID_ENV: run.info.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}):
+            yield run
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def resumed_run(rank: int = 0) -> Iterator[Any]:
+    """In a training worker process: rank 0 logs into the run its launcher opened (``MLFLOW_RUN_ID``), if any."""
+    run_id = os.environ.get(RUN_ID_ENV)
+    if rank != 0 or not run_id or active():
+        yield None
+        return
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
 def params_of(recipe) -> dict[str, str]:
     """The recipe flattened into ``section.key`` parameters, long values cut to MLflow's limit."""
     return {k: (v if len(v) <= MAX_PARAM_CHARS else v[: MAX_PARAM_CHARS - 3] + "...") for k, v in recipe.flat_params().items()}
@@ -81,7 +303,7 @@ def recipe_run(recipe, run_name: str | None = None, parent_run_id: str | None = 
     """Open a run in the recipe's experiment (a child of ``parent_run_id`` when given) with the recipe as params."""
     import mlflow
 
-    mlflow.set_experiment(recipe.experiment_name)
+    mlflow.set_experiment(experiment_id=experiment_id(recipe.experiment_name))
     with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
                           tags={"embedpipe.recipe": recipe.name, **(tags or {})}) as run:
         log_params({**params_of(recipe), **{k: str(v) for k, v in (params or {}).items()}})

@@ -107,3 +107,147 @@ def test_loss_history_reads_what_training_writes(tmp_path):
     (tmp_path / TRAINING_SUMMARY).write_text(json.dumps({"steps": 2, "history": history}))
     assert loss_history({"steps": 2}, str(tmp_path)) == history  # the summary beside the export
     assert loss_history({"steps": 2}) == [] and loss_history({"log": history}) == []  # no guessed keys
+
+
+# ------------------------------------------------------------------------------------ pipeline parent + children
+SMALL = ["training.stage1.batch_size=4", "training.stage1.steps=3", "training.stage1.warmup_steps=1",
+         "training.stage1.max_document_length=48", "training.stage1.hard_negatives=2", "training.stage2.batch_size=4",
+         "training.stage2.micro_batch_size=4", "training.stage2.steps=2", "training.stage2.max_document_length=48",
+         "training.stage2.hard_negatives=2"]
+
+
+@pytest.fixture
+def records_dir(tmp_path):
+    from test_training_run import make_records
+
+    from embedpipe.data.schema import write_records
+
+    folder = tmp_path / "mined"
+    folder.mkdir()
+    write_records(make_records(negatives=2), folder / "records.jsonl")
+    return folder
+
+
+def test_experiment_opens_in_the_model_training_view(store):
+    import mlflow
+
+    exp_id = tracking.experiment_id("embedpipe-kind")
+    assert mlflow.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    mlflow.MlflowClient().set_experiment_tag(exp_id, tracking.EXPERIMENT_KIND_TAG, "genai_development")
+    assert tracking.experiment_id("embedpipe-kind") == exp_id  # an existing experiment is re-filed
+    assert mlflow.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert tracking.ui_url("http://mlflow:5000", exp_id).endswith(f"#/experiments/{exp_id}/runs?workflowType=machine_learning")
+
+
+def test_pipeline_parent_first_children_live_then_closed(store, tiny_encoder, records_dir, tmp_path):
+    """What the pipeline's steps do, in order: the first opens the parent, each training job logs into its own child
+    while it trains, the last step records and ends the parent with the whole run's duration."""
+    import time
+
+    import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME
+    from mlflow_store import PipelineStore
+
+    from embedpipe.orchestration import publish, steps
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", SMALL + [f"pipeline.mlflow_tracking_uri={store}"])
+    parent_id = publish.open_run(recipe, "full", "kfp-123", kfp_run_name="embedpipe-full-2026-12-02-01-53-20")
+    assert publish.open_run(recipe, "full", "kfp-123") == parent_id  # a retried first step finds its run
+    summaries = {"stage1": steps.train(recipe, "stage1", records_dir, str(tiny_encoder), tmp_path / "s1",
+                                       kfp_run_id="kfp-123")}
+    for variant in steps.stage2_variants(recipe):
+        summaries[variant["name"]] = {"variant": variant, **steps.train(
+            recipe, "stage2", records_dir, str(tmp_path / "s1"), tmp_path / variant["name"], variant=variant,
+            kfp_run_id="kfp-123")}
+    assert not tracking.active()
+    time.sleep(0.05)
+    track_started = int(time.time() * 1000)
+    for variant in steps.stage2_variants(recipe):
+        publish.record_training(recipe, parent_id, summaries[variant["name"]], "stage2", variant=variant)
+    publish.record_training(recipe, parent_id, summaries["stage1"], "stage1")
+    closed = tracking.close_pipeline_run(parent_id)
+
+    s = PipelineStore.load(store, "embedpipe-local")
+    assert s.parent.info.run_id == parent_id and s.parent.info.status == "FINISHED"
+    assert s.parent.info.run_name == "local · embedpipe-full-2026-12-02-01-53-20"
+    assert s.parent.data.tags[MLFLOW_SOURCE_NAME] == "embedpipe full pipeline (local)"
+    assert s.parent.data.params["training.stage1.steps"] == "3"
+    assert set(s.trainings) == {"stage1", "stage2/mix-a", "stage2/mix-b"} and not s.others
+    s.assert_trained_live("stage1", "stage1", 3, track_started)
+    s.assert_trained_live("stage2/mix-b", "stage2", 2, track_started)
+    mix_b = s.training("stage2/mix-b")
+    assert mix_b.info.status == "FINISHED" and mix_b.info.run_name == "stage2 · mix-b"
+    assert mix_b.data.params["variant.learning_rate"] == "2e-05"
+    assert "executor" not in mix_b.data.tags[MLFLOW_SOURCE_NAME]
+    assert mix_b.info.end_time < track_started  # the child ended when its training did
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(mix_b.info.run_id, "training/stage2")}
+    assert {"training/stage2/summary.json", "training/stage2/loss-stage2.png"} <= files
+    # the parent spans the whole run: from the first step to the close, longer than the training it contains
+    training_s = sum(v["seconds"] for v in summaries.values())
+    assert closed["seconds"] >= training_s
+    assert s.parent.info.start_time <= s.training("stage1").info.start_time
+
+
+def test_cached_training_step_gets_its_child_from_the_summary(store):
+    from mlflow_store import PipelineStore
+
+    from embedpipe.orchestration import publish
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    parent_id = publish.open_run(recipe, "full", "kfp-cached", run_name="second")
+    history = [{"step": 1, "loss": 2.0, "lr": 1e-5}, {"step": 2, "loss": 1.5, "lr": 1e-5}]
+    publish.record_training(recipe, parent_id, {"final_loss": 1.5, "history": history}, "stage1")
+    tracking.close_pipeline_run(parent_id)
+    s = PipelineStore.load(store, "embedpipe-local")
+    assert s.parent.info.run_name == "local · second"
+    child = s.training("stage1")
+    assert child.data.tags["embedpipe.cached"] == "true"
+    assert [(m.step, m.value) for m in s.history(child, "stage1.loss")] == [(1, 2.0), (2, 1.5)]
+
+
+def test_failed_training_leaves_a_failed_child_with_its_metrics(store, tiny_encoder, records_dir, tmp_path,
+                                                               monkeypatch):
+    from mlflow_store import PipelineStore
+
+    from embedpipe.orchestration import publish, steps
+    from embedpipe.training import run as training_run
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", SMALL + [f"pipeline.mlflow_tracking_uri={store}"])
+    parent_id = publish.open_run(recipe, "full", "kfp-fail")
+
+    def broken_export(*args, **kwargs):
+        raise OSError("disk full while writing the export")
+
+    monkeypatch.setattr(training_run, "_write_export", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        steps.train(recipe, "stage1", records_dir, str(tiny_encoder), tmp_path / "s1", kfp_run_id="kfp-fail")
+    child = PipelineStore.load(store, "embedpipe-local").training("stage1")
+    assert child.info.status == "FAILED"
+    assert len(mlflow_history(child.info.run_id, "stage1.loss")) == 3  # every step it trained is there
+
+
+def test_closing_fails_children_whose_step_died_and_local_runner_fails_the_parent(store):
+    import mlflow
+    import time
+
+    from mlflow_store import PipelineStore
+
+    from embedpipe.orchestration import publish
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    since = int(time.time() * 1000)
+    parent_id = publish.open_run(recipe, "full", "kfp-killed")
+    client = mlflow.MlflowClient()
+    killed = client.create_run(client.get_run(parent_id).info.experiment_id, run_name="stage1",
+                               tags={"mlflow.parentRunId": parent_id, tracking.KIND_TAG: "training",
+                                     tracking.JOB_TAG: "stage1"})  # a step SIGKILLed mid-training: still RUNNING
+    assert tracking.fail_open_pipeline_runs("embedpipe-local", since, "RuntimeError: step stage 1 failed") == [parent_id]
+    s = PipelineStore.load(store, "embedpipe-local")
+    assert s.parent.info.status == "FAILED" and "stage 1 failed" in s.parent.data.tags["embedpipe.failure"]
+    assert s.training("stage1").info.status == "FAILED" and killed.info.run_id == s.training("stage1").info.run_id
+
+
+def mlflow_history(run_id: str, metric: str) -> list:
+    import mlflow
+
+    return mlflow.MlflowClient().get_metric_history(run_id, metric)

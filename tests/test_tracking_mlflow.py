@@ -251,3 +251,133 @@ def mlflow_history(run_id: str, metric: str) -> list:
     import mlflow
 
     return mlflow.MlflowClient().get_metric_history(run_id, metric)
+
+
+# ------------------------------------------------------------------------------------------------------ compare
+def ablation_store(recipe):
+    """An ablation parent as the pipeline leaves it: cells (axes as params, dev per-task scores, merge gain), and
+    stage-2 trainings with dev scores; the loss axis changes training.loss, the merge axis no recipe param."""
+    import mlflow
+
+    from embedpipe.orchestration import publish
+
+    parent_id = publish.open_run(recipe, "ablation", "kfp-grid", run_name="grid")
+    cells = [  # loss, merge set, dev scores on two tasks, best single
+        ("hard_negative_infonce", "mix-a+mix-b", (0.30, 0.50), 0.38),
+        ("hard_negative_infonce", "mix-a", (0.34, 0.40), None),
+        ("in_batch", "mix-a+mix-b", (0.20, 0.30), 0.27),
+        ("in_batch", "mix-a", (0.26, 0.26), None),
+    ]
+    with mlflow.start_run(run_id=parent_id):
+        for loss, merge_set, (a, b), best in cells:
+            name = f"loss={loss},sdg=recipe,merge={merge_set}"
+            with tracking.recipe_run(recipe, run_name=name, parent_run_id=parent_id,
+                                     tags={tracking.KIND_TAG: "cell", tracking.CELL_TAG: name},
+                                     params={"ablation.loss": loss, "ablation.merge_set": merge_set,
+                                             "ablation.sdg_mix": "recipe", "training.loss": loss}):
+                metrics = {"dev_PydocRetrieval": a, "dev_PydocSTS": b, "dev_mean_task": (a + b) / 2,
+                           "test_mean_task": (a + b) / 2 - 0.01}
+                if best is not None:
+                    metrics.update(dev_best_single_mean_task=best, dev_merge_gain=(a + b) / 2 - best)
+                tracking.log_metrics(metrics)
+    tracking.close_pipeline_run(parent_id)
+    return parent_id
+
+
+def text_inside_figure_and_legend_off_the_bars(fig) -> None:
+    """Every visible text lies inside the figure; the legend (if any) overlaps neither a bar nor the plot area."""
+    import matplotlib.patches as mpatches
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    ax = fig.axes[0]
+    hidden = set()  # tick labels of ticks outside the view limits exist but are not drawn
+    for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        for tick in axis.get_major_ticks():
+            if not min(low, high) - 1e-9 <= tick.get_loc() <= max(low, high) + 1e-9:
+                hidden.update({id(tick.label1), id(tick.label2)})
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in hidden]
+    assert texts
+    for t in texts:
+        e = t.get_window_extent(renderer)
+        assert e.x0 >= box.x0 - 1 and e.y0 >= box.y0 - 1 and e.x1 <= box.x1 + 1 and e.y1 <= box.y1 + 1, \
+            f"text {t.get_text()!r} at {e} leaves the figure {box}"
+    bars = [p for p in ax.patches if isinstance(p, mpatches.Rectangle)]
+    for legend in fig.legends + ([ax.get_legend()] if ax.get_legend() else []):
+        lb = legend.get_window_extent(renderer)
+        assert not lb.overlaps(ax.get_window_extent(renderer)), "the legend sits on the plot area"
+        for bar in bars:
+            assert not lb.overlaps(bar.get_window_extent(renderer)), "the legend covers a bar"
+    title = (fig._suptitle or ax.title).get_window_extent(renderer)
+    for label in ax.get_yticklabels():  # labels do not run into each other or the title
+        assert not label.get_window_extent(renderer).overlaps(title)
+
+
+def test_compare_shows_axes_merge_gain_borda_and_a_readable_png(store, tmp_path):
+    from rich.console import Console
+    from PIL import Image
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    parent_id = ablation_store(recipe)
+    c = tracking.compare_runs("embedpipe-local", out_png=tmp_path / "compare.png", parent_run_id=parent_id)
+    assert len(c["runs"]) == 4 and set(c["kinds"]) == {"cell"}
+    assert c["plot_metric"] == "dev_mean_task"
+    assert {"dev_mean_task", "test_mean_task", "dev_merge_gain"} <= set(c["metrics"])  # dev and test both shown
+    assert set(c["params"]) == {"ablation.loss", "ablation.merge_set", "training.loss"}  # only what differs
+    loss_axis = c["axes"]["loss"]
+    assert loss_axis["changes"] == ["training.loss"]
+    assert loss_axis["values"]["hard_negative_infonce"]["mean"] == pytest.approx((0.40 + 0.37) / 2)
+    assert loss_axis["values"]["in_batch"]["best"] == pytest.approx(0.26)
+    assert c["axes"]["merge_set"]["changes"] == [] and "sdg_mix" not in c["axes"]  # one value: not an axis
+    gains = {m["run"]: m["gain"] for m in c["merge"]}
+    assert gains == pytest.approx({"loss=hard_negative_infonce,sdg=recipe,merge=mix-a+mix-b": 0.02,
+                                   "loss=in_batch,sdg=recipe,merge=mix-a+mix-b": -0.02})
+    # Borda over the dev tasks (points n - rank per task): hard/all 2+3, hard/a 3+2, in_batch/all 0+1, in_batch/a 1+0
+    assert list(c["borda"]["dev"].values()) == [1, 1, 3, 3]
+
+    console = Console(record=True, width=200)
+    for table in tracking.comparison_tables(c):
+        console.print(table)
+    text = console.export_text()
+    assert "axis 'loss': changes training.loss" in text and "merged vs best single" in text
+    assert "Borda rank (dev tasks)" in text and "+0.0200" in text and "-0.0200" in text
+
+    # the PNG: one bar per run for the plotted metric; labels and title inside; legend (kinds) off the bars
+    fig = tracking.score_figure(c, title="embedpipe-local: a long experiment title that has to wrap " * 2)
+    bars = [p for p in fig.axes[0].patches]
+    assert len(bars) == 4
+    assert [round(b.get_width(), 4) for b in bars] == [0.4, 0.37, 0.25, 0.26]
+    text_inside_figure_and_legend_off_the_bars(fig)
+    with Image.open(tmp_path / "compare.png") as png:
+        width, height = png.size
+    assert (width, height) == tuple(round(v * 100) for v in fig.get_size_inches())
+
+
+def test_compare_full_pipeline_merged_vs_best_variant_with_legend_outside(store, tmp_path):
+    import mlflow
+
+    from embedpipe.orchestration import publish
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    parent_id = publish.open_run(recipe, "full", "kfp-full", run_name="first")
+    for job, score in (("stage2/mix-a", 0.31), ("stage2/mix-b", 0.35)):
+        with tracking.recipe_run(recipe, run_name=job.replace("/", " · "), parent_run_id=parent_id,
+                                 tags={tracking.KIND_TAG: "training", tracking.JOB_TAG: job, tracking.STAGE_TAG: "stage2"}):
+            tracking.log_metrics({"dev_mean_task": score, "dev_PydocRetrieval": score})
+    with mlflow.start_run(run_id=parent_id):
+        tracking.log_metrics({"dev_mean_task": 0.36, "dev_PydocRetrieval": 0.36, "test_mean_task": 0.33})
+    tracking.close_pipeline_run(parent_id)
+    c = tracking.compare_runs("embedpipe-local", out_png=tmp_path / "full.png", parent_run_id=parent_id)
+    assert c["runs"] == ["stage2 · mix-a", "stage2 · mix-b", "local · first"]
+    assert c["kinds"] == ["stage2", "stage2", "merged"]
+    (merge,) = [m for m in c["merge"] if m["role"] == "dev"]
+    assert merge["best_single_run"] == "stage2 · mix-b" and merge["gain"] == pytest.approx(0.01)
+    assert c["borda"]["dev"]["local · first"] == 1
+    fig = tracking.score_figure(c)
+    assert fig.legends, "two kinds of bars: a legend"
+    text_inside_figure_and_legend_off_the_bars(fig)
+    with pytest.raises(tracking.TrackingError, match="none of the metrics \\['nope'\\]"):
+        tracking.compare_runs("embedpipe-local", parent_run_id=parent_id, metrics=["nope"])
+    assert tracking.latest_pipeline_run("embedpipe-local") == parent_id

@@ -209,6 +209,30 @@ def test_pydoc_dev_split_is_disjoint_from_training_and_test():
         SourceConfig(name="pydoc", kind="pydoc", holdout_fraction=0.5, dev_fraction=0.5)
 
 
+def test_pydoc_records_come_from_the_pinned_snapshot_not_the_interpreter(monkeypatch, tmp_path):
+    """Another Python's pydoc_data.topics (each patch release rewords some) must not change the records."""
+    import sys
+    import types
+
+    from embedpipe.data import pydoc_source
+
+    source = SourceConfig(name="pydoc", kind="pydoc")
+    before = pydoc_source.load_pydoc(source)
+    other = types.ModuleType("pydoc_data.topics")
+    other.topics = {"lists": "Lists\n*****\n\nAnother Python's wording of lists, long enough to be a passage here."}
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", other)
+    after = pydoc_source.load_pydoc(source)
+    assert [r.model_dump() for r in after.training.records] == [r.model_dump() for r in before.training.records]
+    assert after.corpus == pydoc_source.snapshot_info() and after.corpus["python"] == "3.11.7"
+    # a snapshot written from topics reads back the same; a damaged one is refused naming the file
+    header = pydoc_source.write_snapshot(tmp_path / "t.json.gz", other.topics, python="9.9.9")
+    assert pydoc_source.pinned_topics(tmp_path / "t.json.gz") == other.topics
+    assert pydoc_source.snapshot_info(tmp_path / "t.json.gz") == header and header["python"] == "9.9.9"
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=r"bad.json.gz: not a pydoc topics snapshot"):
+        pydoc_source.pinned_topics(tmp_path / "bad.json.gz")
+
+
 def test_hub_names_map_to_the_paper_sets_layouts(monkeypatch):
     """A hub dataset name picks its config and column layout; the hub call itself is the boundary here."""
     import datasets

@@ -43,7 +43,9 @@ def write_beir(folder: Path, corpus: dict[str, str], queries: dict[str, str], qr
         (folder / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _load_all(recipe, eval_dir: Path) -> tuple[dict[str, Loaded], list[dict]]:
+def _load_all(recipe, eval_dir: Path, corpora: dict | None = None) -> tuple[dict[str, Loaded], list[dict]]:
+    """``corpora`` collects where each built-in corpus came from (pydoc: the pinned snapshot's Python version and
+    digest), for the manifest."""
     from embedpipe.evaluation.config import LocalTaskConfig
 
     loaded: dict[str, Loaded] = {}
@@ -63,6 +65,8 @@ def _load_all(recipe, eval_dir: Path) -> tuple[dict[str, Loaded], list[dict]]:
 
             data = load_pydoc(source, seed=recipe.data.seed)
             loaded[source.name] = data.training
+            if corpora is not None:
+                corpora[source.name] = data.corpus
             if data.eval_queries:
                 folder = "pydoc-retrieval" if source.name == "pydoc" else f"{source.name}-retrieval"
                 write_beir(eval_dir / folder, data.eval_corpus, {**data.eval_queries, **data.dev_queries},
@@ -106,7 +110,8 @@ def _build(recipe, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     eval_dir = out / "eval"
     eval_dir.mkdir(exist_ok=True)
-    loaded, tasks = _load_all(recipe, eval_dir)
+    corpora: dict[str, dict] = {}
+    loaded, tasks = _load_all(recipe, eval_dir, corpora)
     (eval_dir / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
 
     records: list[Record] = []
@@ -144,6 +149,7 @@ def _build(recipe, out: Path) -> dict:
         "dropped": dropped,
         "decontamination": decon,
         "eval_tasks": [t["name"] for t in tasks],
+        "corpora": corpora,  # e.g. pydoc: {"source": "pydoc_data.topics", "python": "3.11.7", "sha256": ...}
         "stages": {stage: mix_manifest(select_stage_records(records, recipe, stage)) for stage in ("stage1", "stage2")},
         "seed": recipe.data.seed,
         "seconds": round(time.perf_counter() - started, 3),

@@ -154,11 +154,11 @@ def test_pipeline_parent_first_children_live_then_closed(store, tiny_encoder, re
     parent_id = publish.open_run(recipe, "full", "kfp-123", kfp_run_name="embedpipe-full-2026-12-02-01-53-20")
     assert publish.open_run(recipe, "full", "kfp-123") == parent_id  # a retried first step finds its run
     summaries = {"stage1": steps.train(recipe, "stage1", records_dir, str(tiny_encoder), tmp_path / "s1",
-                                       kfp_run_id="kfp-123")}
+                                       kfp_run_id="kfp-123").model_dump()}
     for variant in steps.stage2_variants(recipe):
-        summaries[variant["name"]] = {"variant": variant, **steps.train(
+        summaries[variant["name"]] = {**steps.train(
             recipe, "stage2", records_dir, str(tmp_path / "s1"), tmp_path / variant["name"], variant=variant,
-            kfp_run_id="kfp-123")}
+            kfp_run_id="kfp-123").model_dump(), "variant": variant}
     assert not tracking.active()
     time.sleep(0.05)
     track_started = int(time.time() * 1000)

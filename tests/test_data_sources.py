@@ -189,6 +189,26 @@ def test_pydoc_source_and_held_out_split():
     assert set(other.eval_queries.values()) != set(data.eval_queries.values())  # the seed picks the split
 
 
+def test_pydoc_dev_split_is_disjoint_from_training_and_test():
+    """The dev split (model selection) shares no section with the training records nor with the test split, and
+    holding it out leaves the test split as it was."""
+    from embedpipe.data.pydoc_source import load_pydoc
+
+    source = SourceConfig(name="pydoc", kind="pydoc")
+    data = load_pydoc(source, seed=42)
+    assert len(data.dev_queries) >= 10
+    assert not set(data.dev_queries) & set(data.eval_queries)
+    dev_docs = {d for rels in data.dev_qrels.values() for d in rels}
+    test_docs = {d for rels in data.eval_qrels.values() for d in rels}
+    train_docs = {d for r in data.training.records for d in r.positive_ids} | set(data.training.documents)
+    assert dev_docs and not dev_docs & train_docs and not dev_docs & test_docs
+    assert not {r.query for r in data.training.records} & set(data.dev_queries.values())
+    without = load_pydoc(source.model_copy(update={"dev_fraction": 0.0}), seed=42)
+    assert without.eval_qrels == data.eval_qrels and not without.dev_queries
+    with pytest.raises(ValueError, match="holdout_fraction \\+ dev_fraction"):
+        SourceConfig(name="pydoc", kind="pydoc", holdout_fraction=0.5, dev_fraction=0.5)
+
+
 def test_pydoc_records_come_from_the_pinned_snapshot_not_the_interpreter(monkeypatch, tmp_path):
     """Another Python's pydoc_data.topics (each patch release rewords some) must not change the records."""
     import sys

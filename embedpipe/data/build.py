@@ -31,13 +31,16 @@ PYDOC_TASK = "PydocRetrieval"
 
 
 def write_beir(folder: Path, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, dict[str, int]],
-               split: str = "test") -> None:
-    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
+               split: str = "test", more_splits: dict[str, dict[str, dict[str, int]]] | None = None) -> None:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); ``more_splits``: further qrels files (e.g. the
+    dev split) over the same corpus and queries file."""
     write_jsonl(({"_id": k, "title": "", "text": v} for k, v in corpus.items()), folder / "corpus.jsonl")
     write_jsonl(({"_id": k, "text": v} for k, v in queries.items()), folder / "queries.jsonl")
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, rels in qrels.items() for d, s in rels.items()]
-    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for name, rels_of in {split: qrels, **(more_splits or {})}.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, rels in rels_of.items()
+                                                    for d, s in rels.items()]
+        (folder / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _load_all(recipe, eval_dir: Path, corpora: dict | None = None) -> tuple[dict[str, Loaded], list[dict]]:
@@ -66,9 +69,11 @@ def _load_all(recipe, eval_dir: Path, corpora: dict | None = None) -> tuple[dict
                 corpora[source.name] = data.corpus
             if data.eval_queries:
                 folder = "pydoc-retrieval" if source.name == "pydoc" else f"{source.name}-retrieval"
-                write_beir(eval_dir / folder, data.eval_corpus, data.eval_queries, data.eval_qrels)
+                write_beir(eval_dir / folder, data.eval_corpus, {**data.eval_queries, **data.dev_queries},
+                           data.eval_qrels, more_splits={"dev": data.dev_qrels} if data.dev_qrels else None)
                 name = PYDOC_TASK if source.name == "pydoc" else f"{source.name.title()}Retrieval"
                 tasks.append(LocalTaskConfig(name=name, type="retrieval", path=folder, split="test",
+                                             dev_split="dev" if data.dev_qrels else None,
                                              instruction=source.instruction, language=source.language).model_dump())
         else:
             loaded[source.name] = load_source(source, lenient=recipe.data.lenient)

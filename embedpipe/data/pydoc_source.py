@@ -15,7 +15,9 @@ section's body into passages of a few paragraphs. Training records are
 
 A deterministic share of the sections (by a hash of the heading and text, so the split survives re-runs and Python
 upgrades that add topics) is held out: those sections give a BEIR retrieval task (their headings as queries, every
-passage as the corpus) and nothing from them is trained on.
+passage as the corpus) and nothing from them is trained on. A further share (``dev_fraction``, the next band of the
+same hash, so the test split is the same with or without it) is the task's dev split: model selection scores on it,
+and nothing from it is trained on either.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class PydocData:
     eval_corpus: dict[str, str] = field(default_factory=dict)
     eval_queries: dict[str, str] = field(default_factory=dict)
     eval_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    dev_queries: dict[str, str] = field(default_factory=dict)
+    dev_qrels: dict[str, dict[str, int]] = field(default_factory=dict)
     instruction: str | None = None
     corpus: dict = field(default_factory=dict)  # where the topics came from: snapshot_info(), or {"source": "given"}
 
@@ -174,8 +178,8 @@ def _ict_sentence(passage: str, salt: str) -> tuple[str, str] | None:
 
 
 def load_pydoc(source: SourceConfig, seed: int = 42, topics: dict[str, str] | None = None) -> PydocData:
-    """Training records from the non-held-out sections, and the held-out sections as a BEIR task (``topics``:
-    default the pinned snapshot)."""
+    """Training records from the non-held-out sections, and the held-out sections as a BEIR task (test queries, dev
+    queries, one corpus; ``topics``: default the pinned snapshot)."""
     if topics is None:
         topics, corpus = pinned_topics(), snapshot_info()
     else:
@@ -186,17 +190,20 @@ def load_pydoc(source: SourceConfig, seed: int = 42, topics: dict[str, str] | No
         counts[s.heading] = counts.get(s.heading, 0) + 1
     ambiguous = {h for h, n in counts.items() if n > 1 or h.lower() in ("overview", "examples", "notes")}
     threshold = int(source.holdout_fraction * 10_000)
+    dev_threshold = threshold + int(source.dev_fraction * 10_000)
     training = Loaded()
     data = PydocData(training=training, instruction=source.instruction, corpus=corpus)
     for section in sections:
-        held_out = int(hashlib.sha1(f"{seed}:{section.key}".encode()).hexdigest(), 16) % 10_000 < threshold
+        band = int(hashlib.sha1(f"{seed}:{section.key}".encode()).hexdigest(), 16) % 10_000
         ids = [f"pydoc-{section.key[:12]}-{i}" for i in range(len(section.passages))]
         query = _heading_query(section, ambiguous)
         data.eval_corpus.update(zip(ids, section.passages))
-        if held_out:
+        if band < dev_threshold:
             qid = f"q-{section.key[:12]}"
-            data.eval_queries[qid] = query
-            data.eval_qrels[qid] = {doc_id: 1 for doc_id in ids}
+            queries, qrels = (data.eval_queries, data.eval_qrels) if band < threshold else \
+                (data.dev_queries, data.dev_qrels)
+            queries[qid] = query
+            qrels[qid] = {doc_id: 1 for doc_id in ids}
             continue
         training.documents.update(zip(ids, section.passages))
         training.records.append(Record(

@@ -150,3 +150,33 @@ def test_source_digest_follows_the_source_and_ignores_what_the_build_context_lea
     assert cli == first
     (tmp_path / "embedpipe" / "storage.py").write_text((tmp_path / "embedpipe" / "storage.py").read_text() + "#\n")
     assert images.source_digest(tmp_path) != first
+
+
+def test_the_installed_package_carries_every_data_file_of_the_source(tmp_path):
+    """The images install embedpipe from a wheel (`pip install --no-deps .`), not editable: a data file the wheel
+    lacks (SDG's prompt templates once) works here and fails in every container."""
+    import zipfile
+
+    source = tmp_path / "source"  # a clean copy, as the build context is (an in-tree build/ would mask omissions)
+    source.mkdir()
+    for part in (*images.SOURCE_PARTS, "README.md"):
+        if (REPO / part).is_file():
+            shutil.copy2(REPO / part, source / part)
+        else:
+            shutil.copytree(REPO / part, source / part, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True, timeout=600,
+                   env={**os.environ, "PIP_NO_INDEX": "1"})
+    [wheel] = (tmp_path / "wheel").glob("embedpipe-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    want = set()
+    for top, prefix in (("embedpipe", "embedpipe"), ("components", "embedpipe/components"),
+                        ("pipelines", "embedpipe/pipelines")):
+        for path in (REPO / top).rglob("*"):
+            rel = path.relative_to(REPO / top)
+            if top == "embedpipe" and rel.parts[0] in ("components", "pipelines"):
+                continue  # the worktrees' links to the top-level folders, walked on their own
+            if path.is_file() and path.suffix != ".pyc" and "__pycache__" not in rel.parts:
+                want.add(f"{prefix}/{rel.as_posix()}")
+    assert not want - shipped, f"not in the wheel (add them to [tool.setuptools.package-data]): {sorted(want - shipped)}"

@@ -290,6 +290,11 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def worker_env() -> dict[str, str]:
+    """The environment a training job's worker pods need to log into the child run open here (none: nothing)."""
+    return {RUN_ID_ENV: os.environ[RUN_ID_ENV]} if os.environ.get(RUN_ID_ENV) else {}
+
+
 @contextmanager
 def resumed_run(rank: int = 0) -> Iterator[Any]:
     """In a training worker process: rank 0 logs into the run its launcher opened (``MLFLOW_RUN_ID``), if any."""

@@ -250,7 +250,7 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
     """Stage inputs on S3, run the stage as a PyTorchJob, wait, and download the export into ``out_dir``."""
     from pathlib import Path
 
-    from embedpipe import storage
+    from embedpipe import storage, tracking
     from embedpipe.orchestration.images import image
 
     pipeline = recipe.pipeline
@@ -270,7 +270,8 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
     if variant:
         args += ["--variant", json.dumps(variant, sort_keys=True)]
     env = {"EMBEDPIPE_S3_ENDPOINT": pipeline.s3_endpoint or "", "EMBEDPIPE_S3_SECURE": str(pipeline.s3_secure).lower(),
-           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri}
+           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri,
+           **tracking.worker_env()}  # rank 0 logs into the launcher's child run (tracking.training_run)
     spec = JobSpec(
         name=job_name, namespace=pipeline.namespace, image=image("train", pipeline.image_registry, pipeline.image_tag),
         launch_args=args, recipe_json=recipe.model_dump_json(), nodes=recipe.training.nodes,

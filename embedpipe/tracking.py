@@ -240,6 +240,18 @@ def find_child(parent_run_id: str, job: str):
     return runs[0] if runs else None
 
 
+def log_metrics_to(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Finite metrics to a run by id, leaving its status and times alone (scores added to a finished child)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+    if values:
+        _client().log_batch(run_id, metrics=values)
+
+
 @contextmanager
 def training_run(recipe, kfp_run_id: str, stage: str, variant: dict | None = None,
                  cell: str | None = None) -> Iterator[Any]:

@@ -203,6 +203,10 @@ def test_cached_training_step_gets_its_child_from_the_summary(store):
     child = s.training("stage1")
     assert child.data.tags["embedpipe.cached"] == "true"
     assert [(m.step, m.value) for m in s.history(child, "stage1.loss")] == [(1, 2.0), (2, 1.5)]
+    tracking.log_metrics_to(child.info.run_id, {"dev_mean_task": 0.3, "dev_nan": float("nan")})  # scores added later
+    again = PipelineStore.load(store, "embedpipe-local").training("stage1")
+    assert again.data.metrics["dev_mean_task"] == 0.3 and "dev_nan" not in again.data.metrics
+    assert (again.info.status, again.info.end_time) == (child.info.status, child.info.end_time)
 
 
 def test_failed_training_leaves_a_failed_child_with_its_metrics(store, tiny_encoder, records_dir, tmp_path,

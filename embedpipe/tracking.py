@@ -92,9 +92,11 @@ def _client():
 def experiment_id(name: str) -> str:
     """The experiment's id, created when missing, filed under MLflow's model-training view.
 
-    MLflow 3.x's UI files an experiment by its ``mlflow.experimentKind`` tag (``genai_development`` or
-    ``custom_model_development``; untagged, it guesses, and lands a new user on the GenAI overview); MLflow 3.5+
-    also has a GenAI / machine-learning switch in the side bar, which :func:`ui_url` sets with ``?workflowType=``."""
+    MLflow 3.4+ files an experiment by its ``mlflow.experimentKind`` tag (``genai_development`` or
+    ``custom_model_development``; untagged, the UI guesses or asks). MLflow 3.17's UI (its side bar's GenAI / Model
+    training switch, per browser, GenAI by default) opens an experiment by that switch alone: a plain experiment link
+    lands on the GenAI overview whatever the tag (seen in headless Chromium), so the links embedpipe prints carry
+    ``?workflowType=machine_learning`` (:func:`ui_url`), which opens the training runs."""
     from mlflow.exceptions import MlflowException
 
     client = _client()

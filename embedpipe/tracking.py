@@ -132,11 +132,11 @@ def pipeline_run_name(recipe_name: str, run_name: str = "", kfp_run_name: str = 
     return f"{recipe_name} · {label}"
 
 
-def _source_tags(pipeline: str, recipe_name: str) -> dict[str, str]:
+def _source_tags(what: str) -> dict[str, str]:
     """What MLflow shows as a run's source (left alone it is the KFP ``executor`` script)."""
     from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
-    return {MLFLOW_SOURCE_NAME: f"embedpipe {pipeline} pipeline ({recipe_name})", MLFLOW_SOURCE_TYPE: "JOB"}
+    return {MLFLOW_SOURCE_NAME: what, MLFLOW_SOURCE_TYPE: "JOB"}
 
 
 def open_pipeline_run(recipe, pipeline: str, kfp_run_id: str, run_name: str = "", kfp_run_name: str = "") -> str:
@@ -153,7 +153,7 @@ def open_pipeline_run(recipe, pipeline: str, kfp_run_id: str, run_name: str = ""
     client = _client()
     run = client.create_run(exp_id, run_name=name, tags={
         MLFLOW_RUN_NAME: name, KFP_RUN_TAG: kfp_run_id, KIND_TAG: "pipeline", "embedpipe.pipeline": pipeline,
-        "embedpipe.recipe": recipe.name, **_source_tags(pipeline, recipe.name)})
+        "embedpipe.recipe": recipe.name, **_source_tags(f"embedpipe {pipeline} pipeline ({recipe.name})")})
     params = [Param(k, v) for k, v in params_of(recipe).items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start:start + 100])
@@ -277,7 +277,7 @@ def training_run(recipe, kfp_run_id: str, stage: str, variant: dict | None = Non
     job = job_key(stage, variant, cell)
     name = job.replace("/", " · ")
     tags = {JOB_TAG: job, KIND_TAG: "training", STAGE_TAG: stage, "embedpipe.recipe": recipe.name,
-            **_source_tags("training", recipe.name)}
+            **_source_tags(f"embedpipe {stage} training ({recipe.name})")}
     if variant:
         tags[VARIANT_TAG] = str(variant.get("name") or "variant")
     if cell:

@@ -178,6 +178,7 @@ def test_pipeline_parent_first_children_live_then_closed(store, tiny_encoder, re
     mix_b = s.training("stage2/mix-b")
     assert mix_b.info.status == "FINISHED" and mix_b.info.run_name == "stage2 · mix-b"
     assert mix_b.data.params["variant.learning_rate"] == "2e-05"
+    assert mix_b.data.metrics["stage2.records"] > 0 and "stage2.seconds" in mix_b.data.metrics  # summary figures
     assert "executor" not in mix_b.data.tags[MLFLOW_SOURCE_NAME]
     assert mix_b.info.end_time < track_started  # the child ended when its training did
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(mix_b.info.run_id, "training/stage2")}

@@ -43,6 +43,8 @@ def test_a_task_output_reads_back_as_its_components_summary():
     assert summary.mining.negatives == 34
     assert summary.figure() == "9 records, 34 negatives"
     assert summaries.read_output("plan-variants", json.dumps([{"name": "a"}])) is None  # no summary model
+    # KFP names a component's second and third use in a pipeline comp-evaluate-2, comp-evaluate-3
+    assert isinstance(summaries.read_output("comp-evaluate-3", json.dumps({"mean_task": 0.5})), summaries.EvalSummary)
     with pytest.raises(summaries.SummaryError, match="evaluate summary: mean_task"):
         summaries.read_output("evaluate", json.dumps({"mean_task": "high"}))
 

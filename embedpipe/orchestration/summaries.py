@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -214,9 +215,11 @@ COMPONENTS: dict[str, type[StepSummary]] = {
 
 
 def for_component(component: str) -> type[StepSummary] | None:
-    """The summary model of a KFP component (``comp-train-stage1`` or ``train-stage1``); None for one that returns
-    no summary (the plan steps return lists)."""
-    return COMPONENTS.get(component.removeprefix("comp-"))
+    """The summary model of a KFP component (``comp-train-stage1`` or ``train-stage1``; ``comp-evaluate-2``, KFP's
+    name for the second use of ``evaluate`` in a pipeline, is ``evaluate``); None for one that returns no summary
+    (the plan steps return lists)."""
+    name = component.removeprefix("comp-")
+    return COMPONENTS.get(name) or COMPONENTS.get(re.sub(r"-\d+$", "", name))
 
 
 def read_output(component: str, output: str | None) -> StepSummary | None:

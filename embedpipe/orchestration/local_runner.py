@@ -68,13 +68,14 @@ def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = 
                enable_caching=cache, cache_root=str(root / ".cache"))
     func = pipeline_function(pipeline, recipe, local=True)
     watcher = StepWatcher(json_format.MessageToDict(func.pipeline_spec), root, on_change=on_step, echo=echo)
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)
     try:
         with steps, watcher:
             task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
-    except RuntimeError as err:
+    except BaseException as err:  # the tracking step never ran: the parent run its first step opened ends FAILED
+        _fail_parent_run(recipe, started_ms, err)
         failed = watcher.failed()
-        if failed:
+        if isinstance(err, RuntimeError) and failed:
             raise StepFailed(failed[0], str(err).splitlines()[0]) from None
         raise
     seconds = time.perf_counter() - started
@@ -84,6 +85,16 @@ def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = 
             "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner,
             "logs": str(watcher.run_folder / "logs") if watcher.run_folder else None,
             "steps": [step.to_dict() for step in watcher.steps]}
+
+
+def _fail_parent_run(recipe: Recipe, started_ms: int, err: BaseException) -> None:
+    try:
+        tracking.setup(recipe.pipeline.mlflow_tracking_uri)
+        tracking.fail_open_pipeline_runs(recipe.experiment_name, started_ms, f"{type(err).__name__}: {err}")
+    except Exception as close_err:  # noqa: BLE001 - the pipeline's own error is the one to raise
+        import logging
+
+        logging.getLogger(__name__).warning("could not end the MLflow parent run FAILED: %s", close_err)
 
 
 def _docker(recipe: Recipe, base: Path, root: Path):

@@ -38,8 +38,8 @@ def sdg_steps(settings: ClusterSettings, recipe_json, data, after):
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's id: its training checkpoints live under it
 
 # the display name of the step whose summary holds each model's scores (what `embedpipe run` reads for its table)
-EVALUATED = {"base": "MTEB evaluation (base)", "stage1": "MTEB evaluation (stage 1)",
-             "merged": "MTEB evaluation (merged)"}
+MODELS = {"base": "base", "stage1": "stage 1", "merged": "merged"}
+EVALUATED = {key: f"MTEB evaluation ({name})" for key, name in MODELS.items()}
 
 
 def evaluation_steps(settings: ClusterSettings, recipe_json, model, data, which: str):
@@ -51,7 +51,7 @@ def evaluation_steps(settings: ClusterSettings, recipe_json, model, data, which:
         with dsl.ParallelFor(list(range(n)), name=f"evaluation-groups-{which}", parallelism=n) as group:
             part = on_gpus(evaluate_group(recipe_json=recipe_json, model=model, data=data, group=group, groups=n),
                            settings, 1)
-            part.set_display_name(f"MTEB task group ({which})")
+            part.set_display_name(f"MTEB task group ({MODELS[which]})")
         return on_cpu(merge_evaluations(recipe_json=recipe_json, groups=dsl.Collected(part.outputs["results"])),
                       settings, "2", "8Gi").set_display_name(EVALUATED[which])
     return on_gpus(evaluate(recipe_json=recipe_json, model=model, data=data), settings, 1) \

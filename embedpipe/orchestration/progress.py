@@ -82,16 +82,28 @@ def planned_steps(spec: dict) -> list[Step]:
 
     def walk(dag: dict, prefix: str) -> None:
         tasks = dag.get("tasks", {})
+        deps = {n: [d for d in t.get("dependentTasks", []) if d in tasks] for n, t in tasks.items()}
+        users: dict[str, list[str]] = {n: [] for n in tasks}
+        for name, before in deps.items():
+            for dep in before:
+                users[dep].append(name)
+        height: dict[str, int] = {}
+
+        def reach(name: str, seen: frozenset = frozenset()) -> int:  # the longest chain of steps still to come
+            if name not in height:
+                height[name] = 1 + max((reach(u, seen | {name}) for u in users[name] if u not in seen), default=0)
+            return height[name]
+
         done: set[str] = set()
         order: list[str] = []
-        while len(order) < len(tasks):  # Kahn's order, ties by name (stable and readable)
-            ready = sorted(n for n, t in tasks.items()
-                           if n not in done and all(d in done or d not in tasks for d in t.get("dependentTasks", [])))
+        # dependencies first; of the ready ones the longest chain first, so the main line reads top to bottom
+        while len(order) < len(tasks):
+            ready = [n for n in tasks if n not in done and all(d in done for d in deps[n])]
             if not ready:  # a cycle cannot compile; keep the rest in name order
                 ready = sorted(set(tasks) - done)
-            for name in ready:
-                done.add(name)
-                order.append(name)
+            name = min(ready, key=lambda n: (-reach(n), n))
+            done.add(name)
+            order.append(name)
         for name in order:
             task = tasks[name]
             ref = task.get("componentRef", {}).get("name", "")

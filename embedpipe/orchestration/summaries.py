@@ -138,7 +138,7 @@ class TrainSummary(StepSummary):
 
     def figure(self) -> str:
         name = f"{self.variant['name']}: " if self.variant and self.variant.get("name") else ""
-        loss = "no steps" if self.final_loss is None else f"loss {self.final_loss:.4f}"
+        loss = "no steps" if self.final_loss is None else f"loss {self.final_loss:.4g}"
         return f"{name}{loss} ({self.steps} steps)"
 
 

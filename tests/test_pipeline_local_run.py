@@ -30,6 +30,7 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three runs of 18 steps (the base and stage-1 evaluations too) on a shared CPU
 def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypatch, capfd):
     from embedpipe import tracking
     from embedpipe.cli.run_view import evaluations

@@ -105,7 +105,7 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     lines = result.output.splitlines()
     assert len(lines) < 2 * len(second["steps"]) + 40, result.output
     assert any("stage 1" in line and "cached" in line and "loss" in line for line in lines), result.output
-    assert "MTEB scores on the same tasks" in result.output and "Δ vs untrained base" in result.output
+    assert "MTEB scores on the same tasks" in result.output and "Δ vs base" in result.output
     assert "Mean(Task)" in result.output and "step logs:" in result.output
 
 

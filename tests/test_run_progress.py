@@ -126,7 +126,7 @@ def test_plain_lines_off_a_terminal_and_the_comparison_table():
         view.on_step(step, [step])
     lines = buffer.getvalue().splitlines()
     assert len(lines) == 2 and "running" in lines[0]
-    assert "done" in lines[1] and "3.2s" in lines[1] and "Mean(Task) 0.5000 on 1 tasks" in lines[1]
+    assert "done" in lines[1] and "3.2s" in lines[1] and "Mean(Task) 0.5000 on 1 task" in lines[1]
 
     scores = {"base": {"scores": {"a": 0.1, "b": 0.2}, "mean_task": 0.15, "mean_task_type": 0.15},
               "stage1": {"scores": {"a": 0.3, "b": 0.2}, "mean_task": 0.25, "mean_task_type": 0.25},
@@ -137,6 +137,6 @@ def test_plain_lines_off_a_terminal_and_the_comparison_table():
     row = next(line for line in table.splitlines() if line.strip("│┃ ").startswith("a "))
     assert "0.1000" in row and "0.3000" in row and "0.4000" in row and "+0.3000" in row and "+0.1000" in row
     assert "-0.1000" in next(line for line in table.splitlines() if line.strip("│┃ ").startswith("b "))
-    assert "Mean(Task)" in table and "Δ vs untrained base" in table
+    assert "Mean(Task)" in table and "Δ vs base" in table
     assert comparison_table({"merged": scores["merged"]}) is None  # nothing to compare with
     assert json.loads(json.dumps(scores)) == scores

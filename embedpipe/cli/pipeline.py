@@ -67,6 +67,8 @@ def run(
     from embedpipe.orchestration.progress import StepFailed, tail
 
     console = Console(file=sys.stdout)  # bound now: during the run sys.stdout carries the steps' output to their logs
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # CI logs: room for the score table's columns
     build = _builder(pipeline)
     loaded = _load(recipe, overrides)
     console.rule(f"embedpipe {pipeline} pipeline: recipe {loaded.name!r}")

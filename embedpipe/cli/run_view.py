@@ -100,7 +100,7 @@ def failure(console: Console, step: Step, lines: list[str]) -> None:
     console.print(f"full log: {step.log}", highlight=False, soft_wrap=True)
 
 
-MODELS = (("base", "untrained base"), ("stage1", "stage 1"), ("merged", "merged"))
+MODELS = (("base", "base"), ("stage1", "stage 1"), ("merged", "merged"))
 
 
 def _fmt(value: float | None) -> str:
@@ -121,8 +121,9 @@ def comparison_table(scores: dict[str, dict]) -> Table | None:
     have = [(key, title) for key, title in MODELS if key in scores]
     if "merged" not in scores or len(have) < 2:
         return None
-    table = Table(title="MTEB scores on the same tasks", title_justify="left")
-    table.add_column("task")
+    table = Table(title="MTEB scores on the same tasks: the untrained base, stage 1 and the merged model",
+                  title_justify="left")
+    table.add_column("task", no_wrap=True)
     for _, title in have:
         table.add_column(title, justify="right")
     others = [key for key, _ in have if key != "merged"]

@@ -167,7 +167,8 @@ class EvalSummary(StepSummary):
     borda_rank: int | None = None
 
     def figure(self) -> str:
-        return f"Mean(Task) {_score(self.mean_task)} on {len(self.scores)} tasks"
+        n = len(self.scores)
+        return f"Mean(Task) {_score(self.mean_task)} on {n} task{'s' if n != 1 else ''}"
 
 
 class TrackSummary(StepSummary):

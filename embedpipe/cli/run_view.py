@@ -121,8 +121,7 @@ def comparison_table(scores: dict[str, dict]) -> Table | None:
     have = [(key, title) for key, title in MODELS if key in scores]
     if "merged" not in scores or len(have) < 2:
         return None
-    table = Table(title="MTEB scores on the same tasks: the untrained base, stage 1 and the merged model",
-                  title_justify="left")
+    table = Table(title="MTEB scores on the same tasks (base: untrained)", title_justify="left")
     table.add_column("task", no_wrap=True)
     for _, title in have:
         table.add_column(title, justify="right")

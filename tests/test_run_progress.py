@@ -140,3 +140,29 @@ def test_plain_lines_off_a_terminal_and_the_comparison_table():
     assert "Mean(Task)" in table and "Δ vs base" in table
     assert comparison_table({"merged": scores["merged"]}) is None  # nothing to compare with
     assert json.loads(json.dumps(scores)) == scores
+
+
+def test_embedpipe_run_names_the_failed_step_and_its_log(tmp_path, monkeypatch):
+    """The command's side of a failure: exit 1, the step, the end of its log and the log's path."""
+    from typer.testing import CliRunner
+
+    from embedpipe.cli import app
+    from embedpipe.orchestration import local_runner
+    from embedpipe.orchestration.progress import Step, StepFailed
+    from embedpipe.recipe import recipes_dir
+
+    log = tmp_path / "logs" / "train-stage1.log"
+    log.parent.mkdir()
+    log.write_text("loading\nRuntimeError: CUDA out of memory\n")
+
+    def failing(recipe, pipeline, **kwargs):
+        step = Step(key="train-stage1", task="train-stage1", component="comp-train-stage1", label="stage 1",
+                    state="failed", seconds=4.0, log=log)
+        kwargs["on_step"](step, [step])
+        raise StepFailed(step, "Task 'train-stage1' finished with status FAILURE")
+
+    monkeypatch.setattr(local_runner, "run_local", failing)
+    result = CliRunner().invoke(app, ["run", str(recipes_dir() / "local.yaml")])
+    assert result.exit_code == 1, result.output
+    assert "step 'stage 1' failed after 4.0s" in result.output
+    assert "RuntimeError: CUDA out of memory" in result.output and f"full log: {log}" in result.output

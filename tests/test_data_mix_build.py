@@ -144,20 +144,33 @@ def test_build_decontaminates_against_a_named_eval_set_and_counts_drops(tmp_path
         build_training_data(strict, tmp_path / "strict")
 
 
-def test_combine_records_adds_synthetic_and_decontaminates(tmp_path):
-    from embedpipe.data.build import combine_records, write_beir
+def test_combine_for_mining_adds_synthetic_decontaminates_it_once_and_lists_its_documents(tmp_path):
+    from embedpipe.data.build import combine_for_mining, write_beir
     from embedpipe.data.schema import write_records
 
     write_records(_records("a", 3), tmp_path / "records.jsonl")
-    write_records(_records("a", 1) + [Record(id="s1", query="held out query", positives=["p"], source="synthetic",
-                                             generator="g")], tmp_path / "synthetic.jsonl")
+    write_records(_records("a", 1) + [
+        Record(id="s1", query="held out query", positives=["p"], source="synthetic", generator="g"),
+        Record(id="synthetic-retrieval_triplet-000001", query="how do loops work", positives=["Loops repeat code."],
+               negatives=["Soup is hot."], source="synthetic", generator="g"),
+        Record(id="synthetic-query_generation-000002", query="what is a dict", positives=["A dict maps keys."],
+               positive_ids=["c1"], source="synthetic", generator="g"),
+    ], tmp_path / "synthetic.jsonl")
     eval_dir = tmp_path / "eval"
     write_beir(eval_dir / "t", {"d": "some doc"}, {"q": "Held-out query"}, {"q": {"d": 1}})
     (eval_dir / "tasks.json").write_text(json.dumps([{"name": "T", "type": "retrieval", "path": "t"}]))
-    summary = combine_records([tmp_path / "records.jsonl", tmp_path / "synthetic.jsonl"], tmp_path / "all.jsonl",
-                              eval_dir=eval_dir)
-    assert summary["duplicates_dropped"] == 1 and summary["decontamination"]["by_source"] == {"synthetic": 1}
-    assert len(read_records(tmp_path / "all.jsonl")) == 3
+    combined = combine_for_mining(tmp_path / "records.jsonl", tmp_path / "synthetic.jsonl", eval_dir=eval_dir)
+    records = list(combined.records())
+    assert [r.id for r in records] == ["a-0", "a-1", "a-2", "synthetic-retrieval_triplet-000001",
+                                       "synthetic-query_generation-000002"]
+    report = combined.report
+    assert report["synthetic_duplicate_ids_dropped"] == 1
+    assert report["synthetic"]["decontamination"]["by_source"] == {"synthetic": 1}
+    assert report["synthetic"]["by_kind"] == {"retrieval": 1, "sdg:retrieval_triplet": 1, "sdg:query_generation": 1}
+    # the triplet's LLM-written positive and negative join the mining corpus; query generation's positive is the
+    # corpus's own document (found by id), a-0's synthetic copy came from records with ids of its own
+    texts = sorted(d["text"] for d in combined.documents())
+    assert texts == sorted(["Loops repeat code.", "Soup is hot.", *_records("a", 1)[0].positives])
 
 
 def test_mteb_benchmark_texts_are_collected_up_to_the_hub(monkeypatch):

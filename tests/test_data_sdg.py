@@ -4,13 +4,9 @@ and each backend: OpenAI-compatible (a real HTTP server on 127.0.0.1), vLLM (up 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -26,6 +22,7 @@ from embedpipe.data.sdg import (
     render,
 )
 from embedpipe.recipe import load_recipe
+from scripted_llm import llm_server  # noqa: F401 - the fixture
 
 CORPUS = [
     ("c0", "The while statement repeats a block of code as long as its condition stays true."),
@@ -140,75 +137,6 @@ def test_consistency_filter_keeps_queries_that_find_their_document():
 
 
 # ------------------------------------------------------------------------------------ OpenAI-compatible HTTP server
-
-
-def _scripted_answer(prompt: str, seed: int) -> str:
-    """A deterministic stand-in for an LLM behind the HTTP API: valid answers, and some malformed ones."""
-    bad = "f-strings" in prompt or int(hashlib.sha1(f"{prompt}:{seed}".encode()).hexdigest(), 16) % 7 == 0
-    if "Passage:" in prompt:
-        passage = prompt.split("Passage:", 1)[1].strip()
-        if bad:
-            return "   "
-        return "Query: " + " ".join(passage.split()[:9]).rstrip(".,") + "?"
-    if "Brainstorm" in prompt:
-        topic = re.search(r"tasks about (\w+)", prompt)
-        return json.dumps([f"Retrieve {topic.group(1) if topic else 'general'} articles that answer a question",
-                           "Find documents that support a claim"])
-    if "assigned a retrieval task" in prompt:
-        task = re.search(r"task: (.*)", prompt).group(1)
-        if bad:
-            return "Sorry, I can't write that " + "{"
-        return json.dumps({"user_query": f"which {task.lower()}",
-                           "positive_document": f"This document is about how to {task.lower()} in detail.",
-                           "hard_negative_document": "A cooking recipe for tomato soup with basil."})
-    if "Write a sentence" in prompt or "Write a short" in prompt:
-        lang = re.search(r"values are all strings in (\w+)|translation into (\w+)", prompt)
-        return json.dumps({"S1": f"The weather is nice today ({seed})", "S2": f"Today the weather is pleasant ({seed})",
-                           "S3": f"The train leaves at noon ({seed}) {lang.group(0) if lang else ''}"})
-    return "unexpected prompt"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_POST(self):  # noqa: N802
-        server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with server.lock:
-            server.requests.append(body)
-            count = len(server.requests)
-        if self.path != "/v1/chat/completions":
-            self.send_error(404)
-            return
-        if server.fail_after is not None and count > server.fail_after:
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"error": {"message": "engine died", "type": "server_error"}}')
-            return
-        content = _scripted_answer(body["messages"][-1]["content"], body.get("seed", 0))
-        payload = {"id": f"cmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": content}}],
-                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def llm_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.requests, server.fail_after, server.lock = [], None, threading.Lock()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def _openai_sdg(server, **overrides):
@@ -342,3 +270,21 @@ def test_transformers_backend_with_smollm2_gives_parseable_records(tmp_path, smo
     records = read_records(tmp_path / "out" / "synthetic.jsonl")
     assert records and all(r.generator == "smollm2" and len(r.query.split()) >= 3 for r in records)
     assert all("\n" not in r.query for r in records)  # generation stopped at the end of the line
+
+
+def test_classification_records_get_the_other_label_names_after_the_misleading_label():
+    from embedpipe.data.sdg import add_other_labels
+
+    def rec(i, label, misleading, task="Classify reviews by sentiment", lang="en"):
+        return Record(id=f"c{i}", task_type="classification", instruction=task, query=f"text {i}",
+                      positives=[label], negatives=[misleading], language=lang)
+
+    records = [rec(0, "positive", "neutral"), rec(1, "negative", "positive"), rec(2, "spam", "ham", task="Spam?"),
+               rec(3, "oui", "non", task="Avis ?", lang="fr"), Record(id="r", query="q", positives=["p"])]
+    out, added = add_other_labels(records, limit=4)
+    by_id = {r.id: r.negatives for r in out}
+    assert by_id["c0"] == ["neutral", "negative", "spam", "ham"]  # own task's labels first, then the language's
+    assert by_id["c1"] == ["positive", "neutral", "spam", "ham"]
+    assert by_id["c2"] == ["ham", "positive", "neutral", "negative"]
+    assert by_id["c3"] == ["non"] and by_id["r"] == []  # no other French labels; not a classification record
+    assert added == 9

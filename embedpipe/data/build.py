@@ -11,18 +11,21 @@ Output layout (``out_dir``, local or ``s3://``)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedpipe import tracking
 from embedpipe.data.decontaminate import collect_eval_texts, decontaminate
 from embedpipe.data.mix import mix_manifest, select_stage_records
-from embedpipe.data.schema import ReadReport, Record, read_records, write_jsonl, write_records
+from embedpipe.data.schema import ReadReport, Record, iter_records, kind_of, read_records, write_jsonl, write_records
 from embedpipe.data.sources import Loaded, load_source
 
 log = logging.getLogger(__name__)
@@ -148,23 +151,67 @@ def _build(recipe, out: Path) -> dict:
     return manifest
 
 
-def combine_records(paths: list[str | Path], out_path: str | Path, eval_dir: str | Path | None = None,
-                    decontaminate_against: list[str] | None = None, lenient: bool = True) -> dict:
-    """Concatenate record files (e.g. records.jsonl + synthetic.jsonl), dropping repeated ids and eval matches."""
-    records: list[Record] = []
-    seen: set[str] = set()
-    duplicates = 0
-    for path in paths:
-        for record in read_records(path, lenient=lenient):
-            if record.id in seen:
-                duplicates += 1
-                continue
-            seen.add(record.id)
-            records.append(record)
-    eval_dirs = [eval_dir] if eval_dir and (Path(eval_dir) / "tasks.json").is_file() else []
-    records, decon = decontaminate(records, collect_eval_texts(decontaminate_against or [], eval_dirs))
-    write_records(records, out_path)
-    return {**mix_manifest(records), "duplicates_dropped": duplicates, "decontamination": decon}
+@dataclass
+class MiningInput:
+    """The records the miner gets, combined once: the data build's (decontaminated by the build) streamed from its
+    file, then SDG's (decontaminated here, the only time), without an id the public records already use; and the
+    documents SDG wrote (positives and negatives that are not the data corpus's), which join the mining corpus so
+    that a record whose positive the LLM wrote is mined like any other. ``report`` counts what was dropped and why."""
+
+    public: Path | None
+    synthetic: list[Record]
+    report: dict = field(default_factory=dict)
+    _dropped_ids: set[str] = field(default_factory=set)
+
+    def records(self) -> Iterator[Record]:
+        """Every record once, public first; a synthetic record whose id a public record has is dropped and counted."""
+        synthetic_ids = {r.id for r in self.synthetic}
+        clash = 0
+        if self.public is not None:
+            for record in iter_records(self.public, trusted=True):
+                if record.id in synthetic_ids:
+                    self._dropped_ids.add(record.id)
+                    clash += 1
+                yield record
+        self.report["synthetic_duplicate_ids_dropped"] = clash
+        for record in self.synthetic:
+            if record.id not in self._dropped_ids:
+                yield record
+
+    def documents(self) -> Iterator[dict]:
+        """``{"id", "text"}`` of every text SDG wrote as a positive or negative (query generation's positives are
+        the data corpus's own documents, found there by id); one row per distinct text."""
+        seen: set[str] = set()
+        for record in self.synthetic:
+            texts = [] if record.positive_ids else list(record.positives)
+            texts += record.negatives
+            for text in texts:
+                key = text.strip()
+                if key in seen:
+                    continue
+                seen.add(key)
+                digest = hashlib.blake2b(key.encode("utf-8"), digest_size=10).hexdigest()
+                yield {"id": f"{record.source}-doc-{digest}", "text": text}
+
+
+def combine_for_mining(records_path: str | Path | None, synthetic_path: str | Path | None,
+                       eval_dir: str | Path | None = None, decontaminate_against: list[str] | None = None,
+                       lenient: bool = True) -> MiningInput:
+    """The mining step's input (:class:`MiningInput`): public records as the build wrote them, SDG's records read
+    (``lenient``: bad rows dropped and counted), deduplicated by id and decontaminated against the build's held-out
+    tasks and ``decontaminate_against``."""
+    report = ReadReport(str(synthetic_path)) if synthetic_path else None
+    synthetic: list[Record] = []
+    decon: dict = {"removed": 0, "by_source": {}, "by_eval_set": {}}
+    if synthetic_path and Path(synthetic_path).is_file() and Path(synthetic_path).stat().st_size:
+        synthetic = read_records(synthetic_path, lenient=lenient, report=report)
+        eval_dirs = [eval_dir] if eval_dir and (Path(eval_dir) / "tasks.json").is_file() else []
+        synthetic, decon = decontaminate(synthetic, collect_eval_texts(decontaminate_against or [], eval_dirs))
+    public = Path(records_path) if records_path else None
+    return MiningInput(public, synthetic, {
+        "synthetic": {**mix_manifest(synthetic), "by_kind": dict(Counter(kind_of(r) for r in synthetic)),
+                      "read": report.to_dict() if report else None, "decontamination": decon},
+    })
 
 
 def _log_mlflow(manifest: dict, manifest_path: Path) -> None:

@@ -74,7 +74,7 @@ def test_every_sdg_task_reaches_a_stage2_batch(tmp_path, llm_server, tiny_encode
     by_kind = summary["by_kind"]
     for task in SDG_TASKS:  # no SDG record is lost at mining: the LLM's positives are in the mining corpus
         assert by_kind[f"sdg:{task}"] == {"in": made[f"sdg:{task}"], "out": made[f"sdg:{task}"]}, by_kind
-    assert summary["mining"]["skipped_missing_positive"] == 0 and summary["combine"]["sdg_documents"] > 0
+    assert summary.mining.skipped_missing_positive == 0 and summary["combine"]["sdg_documents"] > 0
 
     records = {r.id: r for r in read_records(mined / "records.jsonl")}
     synthetic = {r.id: r for r in read_records(sdg / "synthetic.jsonl")}

@@ -114,6 +114,8 @@ def test_build_embedded_default(tmp_path):
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["stages"]["stage1"]["by_source"] == {"pydoc": len(records)}
     assert saved["eval_tasks"] == ["PydocRetrieval"]
+    pinned = saved["corpora"]["pydoc"]  # the pinned Python docs snapshot, not the running interpreter's
+    assert pinned["source"] == "pydoc_data.topics" and pinned["python"] == "3.11.7" and len(pinned["sha256"]) == 64
 
 
 def test_build_decontaminates_against_a_named_eval_set_and_counts_drops(tmp_path):

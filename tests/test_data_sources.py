@@ -189,6 +189,50 @@ def test_pydoc_source_and_held_out_split():
     assert set(other.eval_queries.values()) != set(data.eval_queries.values())  # the seed picks the split
 
 
+def test_pydoc_dev_split_is_disjoint_from_training_and_test():
+    """The dev split (model selection) shares no section with the training records nor with the test split, and
+    holding it out leaves the test split as it was."""
+    from embedpipe.data.pydoc_source import load_pydoc
+
+    source = SourceConfig(name="pydoc", kind="pydoc")
+    data = load_pydoc(source, seed=42)
+    assert len(data.dev_queries) >= 10
+    assert not set(data.dev_queries) & set(data.eval_queries)
+    dev_docs = {d for rels in data.dev_qrels.values() for d in rels}
+    test_docs = {d for rels in data.eval_qrels.values() for d in rels}
+    train_docs = {d for r in data.training.records for d in r.positive_ids} | set(data.training.documents)
+    assert dev_docs and not dev_docs & train_docs and not dev_docs & test_docs
+    assert not {r.query for r in data.training.records} & set(data.dev_queries.values())
+    without = load_pydoc(source.model_copy(update={"dev_fraction": 0.0}), seed=42)
+    assert without.eval_qrels == data.eval_qrels and not without.dev_queries
+    with pytest.raises(ValueError, match="holdout_fraction \\+ dev_fraction"):
+        SourceConfig(name="pydoc", kind="pydoc", holdout_fraction=0.5, dev_fraction=0.5)
+
+
+def test_pydoc_records_come_from_the_pinned_snapshot_not_the_interpreter(monkeypatch, tmp_path):
+    """Another Python's pydoc_data.topics (each patch release rewords some) must not change the records."""
+    import sys
+    import types
+
+    from embedpipe.data import pydoc_source
+
+    source = SourceConfig(name="pydoc", kind="pydoc")
+    before = pydoc_source.load_pydoc(source)
+    other = types.ModuleType("pydoc_data.topics")
+    other.topics = {"lists": "Lists\n*****\n\nAnother Python's wording of lists, long enough to be a passage here."}
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", other)
+    after = pydoc_source.load_pydoc(source)
+    assert [r.model_dump() for r in after.training.records] == [r.model_dump() for r in before.training.records]
+    assert after.corpus == pydoc_source.snapshot_info() and after.corpus["python"] == "3.11.7"
+    # a snapshot written from topics reads back the same; a damaged one is refused naming the file
+    header = pydoc_source.write_snapshot(tmp_path / "t.json.gz", other.topics, python="9.9.9")
+    assert pydoc_source.pinned_topics(tmp_path / "t.json.gz") == other.topics
+    assert pydoc_source.snapshot_info(tmp_path / "t.json.gz") == header and header["python"] == "9.9.9"
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match=r"bad.json.gz: not a pydoc topics snapshot"):
+        pydoc_source.pinned_topics(tmp_path / "bad.json.gz")
+
+
 def test_hub_names_map_to_the_paper_sets_layouts(monkeypatch):
     """A hub dataset name picks its config and column layout; the hub call itself is the boundary here."""
     import datasets

@@ -362,3 +362,49 @@ def test_task_groups_merged_equal_one_pod(tiny_encoder, tasks_dir, tmp_path):
         merge_results([tmp_path / "g0", tmp_path / "g0"], tmp_path / "bad", config)
     with pytest.raises(ValueError, match=r"index must be in \[0, 2\)"):
         evaluate(tiny_encoder, config, tmp_path / "x", extra_tasks_dir=tasks_dir, model_name="tiny", group=(2, 2))
+
+
+def test_dev_role_scores_the_dev_split_only(tiny_encoder, tmp_path):
+    """``role="dev"`` scores a local task's dev split (its own qrels file) and never its test split; metrics are
+    logged as ``dev_*``; a test-only task gives no dev task, and an mteb dev task naming a test split is refused."""
+    import mlflow
+
+    from embedpipe.evaluation.run import collect_tasks, evaluate
+
+    folder = write_pydoc_beir(tmp_path / "tasks" / "pydoc", n=20)
+    qrels = (folder / "qrels" / "test.tsv").read_text().splitlines()
+    header, rows = qrels[0], qrels[1:]
+    (folder / "qrels" / "test.tsv").write_text("\n".join([header, *rows[:12]]) + "\n")
+    (folder / "qrels" / "dev.tsv").write_text("\n".join([header, *rows[12:]]) + "\n")
+    write_tasks_file([{"name": "PydocRetrieval", "type": "retrieval", "path": "pydoc", "dev_split": "dev"},
+                      {"name": "LocalSTS", "type": "sts", "path": "sts.jsonl"}], tmp_path / "tasks")
+    write_jsonl(tmp_path / "tasks" / "sts.jsonl", [{"sentence1": a, "sentence2": b, "score": s} for a, b, s in STS_PAIRS])
+    config = EvaluationConfig(batch_size=16)
+    dev_tasks = collect_tasks(config, tmp_path / "tasks", role="dev")
+    assert [(t.metadata.name, t.metadata.eval_splits) for t in dev_tasks] == [("PydocRetrieval", ["dev"])]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        mlflow.set_experiment("dev-test")
+        with mlflow.start_run() as run:
+            dev = evaluate(tiny_encoder, config, tmp_path / "dev", extra_tasks_dir=tmp_path / "tasks",
+                           cache_dir=tmp_path / "emb", model_name="tiny", role="dev")
+            test = evaluate(tiny_encoder, config, tmp_path / "test", extra_tasks_dir=tmp_path / "tasks",
+                            cache_dir=tmp_path / "emb", model_name="tiny")
+        metrics = mlflow.get_run(run.info.run_id).data.metrics
+    finally:
+        mlflow.set_tracking_uri("")
+    assert dev["role"] == "dev" and set(dev["scores"]) == {"PydocRetrieval"}
+    assert test["role"] == "test" and set(test["scores"]) == {"PydocRetrieval", "LocalSTS"}
+    saved = json.loads((Path(dev["results_dir"]) / "PydocRetrieval.json").read_text())["scores"]
+    assert list(saved) == ["dev"]
+    assert saved["dev"][0]["main_score"] == pytest.approx(dev["scores"]["PydocRetrieval"])
+    assert metrics["dev_mean_task"] == pytest.approx(dev["mean_task"])
+    assert metrics["dev_PydocRetrieval"] == pytest.approx(dev["scores"]["PydocRetrieval"])
+    assert metrics["test_PydocRetrieval"] == pytest.approx(test["scores"]["PydocRetrieval"])
+    assert metrics["eval.mean_task"] == pytest.approx(test["mean_task"])
+    with pytest.raises(ValueError, match="no dev tasks"):
+        collect_tasks(EvaluationConfig(local_tasks=[LocalTaskConfig(name="S", type="sts",
+                                                                    path=str(tmp_path / "tasks" / "sts.jsonl"))]),
+                      None, role="dev")
+    with pytest.raises(ValueError, match="dev task"):
+        EvaluationConfig(dev_tasks=["XNLI:"])

@@ -63,6 +63,28 @@ def test_greedy_soup_keeps_only_improving_checkpoints(tiny_encoder, checkpoints,
     assert not list(tmp_path.glob("soup-*"))  # trial merges are cleaned up
 
 
+def test_greedy_soup_keeps_ties(checkpoints, tmp_path):
+    """Algorithm 1 of the model-soups paper keeps a candidate when the soup scores at least as well (>=): with a
+    constant score every checkpoint joins the soup."""
+    summary = greedy_soup(checkpoints, tmp_path / "soup", lambda _: 0.5, work_dir=tmp_path)
+    assert [h["accepted"] for h in summary["history"]] == [True, True, True]
+    assert sorted(summary["ingredients"]) == sorted(str(p) for p in checkpoints)
+
+
+def test_soup_scorer_never_sees_test_tasks(tiny_encoder, tmp_path):
+    """The soup's scorer evaluates the dev role: a folder with only test tasks (no dev split) is refused, by name."""
+    from embedpipe.evaluation.config import EvaluationConfig
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "sts.jsonl").write_text("".join(json.dumps({"sentence1": f"a {i} b", "sentence2": f"a {i} c",
+                                                         "score": float(i)}) + "\n" for i in range(4)))
+    (tasks / "tasks.json").write_text(json.dumps([{"name": "TestOnlySTS", "type": "sts", "path": "sts.jsonl"}]))
+    scorer = evaluation_scorer(EvaluationConfig(batch_size=8), tasks, tmp_path, cache_dir=tmp_path / "emb")
+    with pytest.raises(ValueError, match="no dev tasks"):
+        scorer(tiny_encoder)
+
+
 def test_merge_with_config_dispatches(checkpoints, tmp_path):
     summary = merge_with_config(MergeConfig(method="weighted", weights=[1, 0, 0]), checkpoints, tmp_path / "w")
     assert torch.equal(weights(tmp_path / "w")["norm.weight"], weights(checkpoints[0])["norm.weight"])
@@ -84,7 +106,8 @@ def test_greedy_soup_with_the_evaluation_as_dev_score(tiny_encoder, tmp_path):
              ("She reads a novel.", "A woman is reading a book.", 4.2), ("Rain falls.", "The car is red.", 0.3)]
     (tasks / "sts.jsonl").write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n"
                                              for a, b, s in pairs))
-    (tasks / "tasks.json").write_text(json.dumps([{"name": "DevSTS", "type": "sts", "path": "sts.jsonl"}]))
+    (tasks / "tasks.json").write_text(json.dumps([{"name": "DevSTS", "type": "sts", "path": "sts.jsonl",
+                                                     "dev_split": "dev"}]))
     scorer = evaluation_scorer(EvaluationConfig(batch_size=8), tasks, tmp_path, cache_dir=tmp_path / "emb")
     checkpoints = [noisy(tiny_encoder, tmp_path / f"n{i}", seed=i) for i in range(2)]
     summary = greedy_soup(checkpoints, tmp_path / "soup", scorer, work_dir=tmp_path)

@@ -21,28 +21,34 @@ def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.
     summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None)
     os.makedirs(results.path, exist_ok=True)
     with open(os.path.join(results.path, "scores.json"), "w") as handle:
-        json.dump(summary, handle, indent=2, default=str)
+        handle.write(summary.model_dump_json(indent=2, fallback=str))
     headline = numeric_metrics({k: summary.get(k) for k in ("mean_task", "mean_task_type", "borda")})
     for key, value in headline.items():
         scores.log_metric(key, value)  # shown by the KFP UI
     os.makedirs(os.path.dirname(scores.path), exist_ok=True)
     with open(scores.path, "w") as handle:  # a file at the URI: KFP's local cache treats a missing one as a miss
         json.dump(headline, handle)
-    return json.dumps(summary, default=str)
+    return summary.to_json()
+
+
+@dsl.component(base_image=image("eval"), install_kfp_package=False)
+def base_encoder(recipe_json: str, model: dsl.Output[dsl.Model]) -> str:
+    """The recipe's untrained base model as an encoder export (what stage 1 starts from), to be evaluated beside
+    the trained ones."""
+    from embedpipe.orchestration import steps
+
+    return steps.base_encoder(steps.recipe_from_json(recipe_json), model.path).to_json()
 
 
 @dsl.component(base_image=image("eval"), install_kfp_package=False)
 def evaluate_group(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset], group: int,
                    groups: int, results: dsl.Output[dsl.Artifact], model_name: str = "") -> str:
     """One task group of a fanned-out evaluation (every ``groups``-th task by name, from ``group``)."""
-    import json
-
     from embedpipe.orchestration import steps
 
     recipe = steps.recipe_from_json(recipe_json)
-    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None,
-                             group=(group, groups))
-    return json.dumps(summary, default=str)
+    return steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None,
+                          group=(group, groups)).to_json()
 
 
 @dsl.component(base_image=image("eval"), install_kfp_package=False)

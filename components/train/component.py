@@ -18,8 +18,8 @@ def train_stage1(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.O
     init = steps.base_model_source(recipe, tempfile.mkdtemp(prefix="embedpipe-base-"))
     cell = json.loads(overrides_json) if overrides_json else {}  # an ablation cell: its own checkpoint folder
     parts = [cell["name"], "stage1"] if isinstance(cell, dict) and cell.get("name") else ["stage1"]
-    return json.dumps(steps.train(recipe, "stage1", records.path, init, model.path,
-                                  checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts)), default=str)
+    return steps.train(recipe, "stage1", records.path, init, model.path,
+                       checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts)).to_json()
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
@@ -33,7 +33,8 @@ def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: 
     variant = json.loads(variant_json)
     summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant,
                           checkpoint_dir=steps.checkpoint_folder(recipe, run_id, "stage2", steps.variant_name(variant)))
-    return json.dumps({"variant": variant, **summary}, default=str)
+    summary.variant = variant
+    return summary.to_json()
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)

@@ -34,16 +34,21 @@ PYDOC_TASK = "PydocRetrieval"
 
 
 def write_beir(folder: Path, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, dict[str, int]],
-               split: str = "test") -> None:
-    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
+               split: str = "test", more_splits: dict[str, dict[str, dict[str, int]]] | None = None) -> None:
+    """A BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); ``more_splits``: further qrels files (e.g. the
+    dev split) over the same corpus and queries file."""
     write_jsonl(({"_id": k, "title": "", "text": v} for k, v in corpus.items()), folder / "corpus.jsonl")
     write_jsonl(({"_id": k, "text": v} for k, v in queries.items()), folder / "queries.jsonl")
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, rels in qrels.items() for d, s in rels.items()]
-    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for name, rels_of in {split: qrels, **(more_splits or {})}.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, rels in rels_of.items()
+                                                    for d, s in rels.items()]
+        (folder / "qrels" / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _load_all(recipe, eval_dir: Path) -> tuple[dict[str, Loaded], list[dict]]:
+def _load_all(recipe, eval_dir: Path, corpora: dict | None = None) -> tuple[dict[str, Loaded], list[dict]]:
+    """``corpora`` collects where each built-in corpus came from (pydoc: the pinned snapshot's Python version and
+    digest), for the manifest."""
     from embedpipe.evaluation.config import LocalTaskConfig
 
     loaded: dict[str, Loaded] = {}
@@ -63,11 +68,15 @@ def _load_all(recipe, eval_dir: Path) -> tuple[dict[str, Loaded], list[dict]]:
 
             data = load_pydoc(source, seed=recipe.data.seed)
             loaded[source.name] = data.training
+            if corpora is not None:
+                corpora[source.name] = data.corpus
             if data.eval_queries:
                 folder = "pydoc-retrieval" if source.name == "pydoc" else f"{source.name}-retrieval"
-                write_beir(eval_dir / folder, data.eval_corpus, data.eval_queries, data.eval_qrels)
+                write_beir(eval_dir / folder, data.eval_corpus, {**data.eval_queries, **data.dev_queries},
+                           data.eval_qrels, more_splits={"dev": data.dev_qrels} if data.dev_qrels else None)
                 name = PYDOC_TASK if source.name == "pydoc" else f"{source.name.title()}Retrieval"
                 tasks.append(LocalTaskConfig(name=name, type="retrieval", path=folder, split="test",
+                                             dev_split="dev" if data.dev_qrels else None,
                                              instruction=source.instruction, language=source.language).model_dump())
         else:
             loaded[source.name] = load_source(source, lenient=recipe.data.lenient)
@@ -104,7 +113,8 @@ def _build(recipe, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     eval_dir = out / "eval"
     eval_dir.mkdir(exist_ok=True)
-    loaded, tasks = _load_all(recipe, eval_dir)
+    corpora: dict[str, dict] = {}
+    loaded, tasks = _load_all(recipe, eval_dir, corpora)
     (eval_dir / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
 
     records: list[Record] = []
@@ -142,6 +152,7 @@ def _build(recipe, out: Path) -> dict:
         "dropped": dropped,
         "decontamination": decon,
         "eval_tasks": [t["name"] for t in tasks],
+        "corpora": corpora,  # e.g. pydoc: {"source": "pydoc_data.topics", "python": "3.11.7", "sha256": ...}
         "stages": {stage: mix_manifest(select_stage_records(records, recipe, stage)) for stage in ("stage1", "stage2")},
         "seed": recipe.data.seed,
         "seconds": round(time.perf_counter() - started, 3),

@@ -27,11 +27,21 @@ class SourceConfig(Section):
     subset: str | None = None  # HF dataset config (e.g. a MIRACL language)
     min_score: float | None = None  # STS pairs below this score are not positives
     holdout_fraction: float = Field(0.15, ge=0, lt=1)  # pydoc: share of sections held out as the evaluation task
+    # pydoc: a further share held out as the task's dev split (model selection: stage-2 variants, ablation cells,
+    # greedy soup), disjoint from both the training records and the test split
+    dev_fraction: float = Field(0.15, ge=0, lt=1)
 
     @field_validator("task_type")
     @classmethod
     def _known_task_type(cls, value: str) -> str:
         return task_type(value).value
+
+    @model_validator(mode="after")
+    def _held_out_shares_leave_training(self) -> "SourceConfig":
+        if self.holdout_fraction + self.dev_fraction >= 1:
+            raise ValueError(f"source {self.name!r}: holdout_fraction + dev_fraction is "
+                             f"{self.holdout_fraction + self.dev_fraction:g}; they must leave sections to train on (< 1)")
+        return self
 
 
 class GeneratorConfig(Section):

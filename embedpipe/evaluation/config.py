@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from embedpipe.config_base import Section
 
@@ -14,17 +14,43 @@ class LocalTaskConfig(Section):
     type: str  # retrieval | sts | classification | pair_classification | clustering | reranking | bitext
     path: str  # folder (BEIR for retrieval) or file
     split: str = "test"
+    # the split its files hold out for model selection (stage-2 variants, ablation cells, greedy soup): scored by
+    # the dev evaluation, never by the test one; None: the task has no dev split
+    dev_split: str | None = None
     instruction: str | None = None
     language: str = "en"
 
 
 class EvaluationConfig(Section):
+    """The test tasks (``benchmark``, ``tasks``, ``local_tasks``: the final model's scores) and the dev tasks
+    (``dev_tasks``, ``dev_local_tasks``, local tasks' ``dev_split``: what model selection sees, held out from
+    training and disjoint from the test tasks' test splits)."""
+
     benchmark: str | None = None  # e.g. "MTEB(Multilingual, v2)"; needs hub access
     tasks: list[str] = Field(default_factory=list)  # mteb task names; needs hub access
     local_tasks: list[LocalTaskConfig] = Field(default_factory=list)
+    # mteb tasks scored on a dev split: "Name" (split "dev") or "Name:split" (e.g. "XNLI:validation"); needs hub access
+    dev_tasks: list[str] = Field(default_factory=list)
+    dev_local_tasks: list[LocalTaskConfig] = Field(default_factory=list)  # scored on their ``split``
     reference_results: str | None = None  # folder of mteb result files to rank against
     # task name or mteb task type ("Retrieval", "STS", ...) -> instruction, for tasks whose metadata has none
     instructions: dict[str, str] = Field(default_factory=dict)
     batch_size: int = Field(32, gt=0)
     groups: int = Field(1, ge=1)  # on a cluster: pods the tasks fan out over (merged into one results folder)
     max_corpus: int | None = Field(None, gt=0)
+
+    @field_validator("dev_tasks")
+    @classmethod
+    def _dev_task_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            task, _, split = name.partition(":")
+            if not task.strip() or (":" in name and not split.strip()):
+                raise ValueError(f"dev task {name!r}: give an mteb task name, optionally with ':split' "
+                                 "(e.g. 'MIRACLRetrievalHardNegatives:dev')")
+        return names
+
+
+def dev_task_split(name: str) -> tuple[str, str]:
+    """``"Name"`` -> (Name, "dev"); ``"Name:split"`` -> (Name, split)."""
+    task, _, split = name.partition(":")
+    return task.strip(), (split.strip() or "dev")

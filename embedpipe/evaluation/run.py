@@ -65,27 +65,59 @@ def mteb_model_name(model_dir: Path, model_name: str | None, given: str | Path |
     return name if "/" in name else f"embedpipe/{name}"
 
 
-def collect_tasks(config: EvaluationConfig, extra_tasks_dir: str | Path | None) -> list:
-    """Local tasks (recipe + the data build's tasks.json) and named mteb tasks / benchmark."""
-    import mteb
+ROLES = ("test", "dev")
 
+
+def collect_tasks(config: EvaluationConfig, extra_tasks_dir: str | Path | None, role: str = "test") -> list:
+    """The tasks of one role. ``test``: local tasks (recipe + the data build's tasks.json) and named mteb tasks /
+    benchmark, on their test splits. ``dev``: the same local tasks' ``dev_split`` (those that have one), the
+    recipe's ``dev_local_tasks`` and the mteb ``dev_tasks`` on their dev splits: what model selection sees."""
     from embedpipe.evaluation.tasks import build_task, read_tasks_file
 
-    tasks = [build_task(t, max_corpus=config.max_corpus) for t in config.local_tasks]
-    if extra_tasks_dir is not None:
-        tasks += [build_task(t, max_corpus=config.max_corpus) for t in read_tasks_file(extra_tasks_dir)]
-    if config.tasks:
-        tasks += list(mteb.get_tasks(tasks=config.tasks))
-    if config.benchmark:
-        tasks += list(mteb.get_benchmark(config.benchmark).tasks)
+    if role not in ROLES:
+        raise ValueError(f"evaluation role {role!r}: one of {', '.join(ROLES)}")
+    local = list(config.local_tasks) + (read_tasks_file(extra_tasks_dir) if extra_tasks_dir is not None else [])
+    if role == "dev":
+        tasks = [build_task(t.model_copy(update={"split": t.dev_split, "dev_split": None}), max_corpus=config.max_corpus)
+                 for t in local if t.dev_split]
+        tasks += [build_task(t, max_corpus=config.max_corpus) for t in config.dev_local_tasks]
+        tasks += [_mteb_dev_task(name) for name in config.dev_tasks]
+    else:
+        import mteb
+
+        tasks = [build_task(t, max_corpus=config.max_corpus) for t in local]
+        if config.tasks:
+            tasks += list(mteb.get_tasks(tasks=config.tasks))
+        if config.benchmark:
+            tasks += list(mteb.get_benchmark(config.benchmark).tasks)
     names = [t.metadata.name for t in tasks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"task {duplicates[0]!r} is defined more than once")
+        raise ValueError(f"{role} task {duplicates[0]!r} is defined more than once")
+    if not tasks and role == "dev":
+        raise ValueError("no dev tasks: set evaluation.dev_tasks (mteb tasks' dev splits) or evaluation.dev_local_tasks, "
+                         "or give a local task a dev_split (the data build's pydoc source holds one out: "
+                         "data.sources[].dev_fraction)")
     if not tasks:
         raise ValueError("nothing to evaluate: set evaluation.benchmark, evaluation.tasks or evaluation.local_tasks, "
                          "or give a folder with tasks.json")
     return tasks
+
+
+def _mteb_dev_task(name: str):
+    """An mteb task restricted to its dev split; an error names the splits it has when that one is not among them."""
+    import mteb
+
+    from embedpipe.evaluation.config import dev_task_split
+
+    task_name, split = dev_task_split(name)
+    task = mteb.get_task(task_name)
+    if split not in task.metadata.eval_splits:
+        raise ValueError(f"evaluation.dev_tasks: mteb task {task_name!r} has no split {split!r} among its evaluation "
+                         f"splits {task.metadata.eval_splits}; name one as '{task_name}:<split>'")
+    if split in ("test",):
+        raise ValueError(f"evaluation.dev_tasks: {name!r} names a test split; dev tasks must not be test data")
+    return mteb.get_task(task_name, eval_splits=[split])
 
 
 def instruction_table(config: EvaluationConfig) -> dict[str, str]:
@@ -104,12 +136,16 @@ def evaluate(
     cache_dir: str | Path | None = None,
     model_name: str | None = None,
     group: tuple[int, int] | None = None,
+    role: str = "test",
 ) -> dict:
     """Run every configured task; return per-task main scores, Mean(Task), Mean(TaskType) and (with reference
     results) the Borda rank. Scores are logged to the active MLflow run, if any.
 
     ``group=(i, n)``: only the i-th of n task groups (tasks sorted by name, every n-th), one pod each; then
-    :func:`merge_results` puts the groups' folders together into what one pod writes."""
+    :func:`merge_results` puts the groups' folders together into what one pod writes.
+
+    ``role="dev"`` scores the dev tasks instead (see :func:`collect_tasks`); give it its own ``out_dir``: mteb's
+    results folder is keyed by task name, and a dev task keeps its test task's name."""
     import mteb
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
 
@@ -118,7 +154,7 @@ def evaluate(
     path, kind = resolve_model_dir(model_dir)
     revision = model_revision(path)
     name = mteb_model_name(path, model_name, model_dir)
-    tasks = collect_tasks(config, extra_tasks_dir)
+    tasks = collect_tasks(config, extra_tasks_dir, role)
     if group is not None:
         if not (group[1] >= 1 and 0 <= group[0] < group[1]):
             raise ValueError(f"evaluation group {group[0]} of {group[1]}: the index must be in [0, {group[1]})")
@@ -164,6 +200,7 @@ def evaluate(
     scores = {r.task_name: float(r.get_score()) for r in result.task_results}
     summary = _summary(name, revision, path, str(results.get_task_result_path("x", meta).parent), scores, task_types,
                        [t for t in scores if t not in skipped], skipped, getattr(model, "encoded_texts", None))
+    summary["role"] = role
     return _finish(summary, out, config)
 
 
@@ -217,6 +254,10 @@ def merge_results(group_dirs: list[str | Path], out_dir: str | Path, config: Eva
                        scores, task_types, [t for p in parts for t in p["evaluated"]],
                        [t for p in parts for t in p["skipped"]],
                        sum(encoded) if all(isinstance(e, int) for e in encoded) else None)
+    roles = {p.get("role", "test") for p in parts}
+    if len(roles) > 1:
+        raise ValueError(f"evaluation groups mix roles {sorted(roles)}")
+    summary["role"] = roles.pop()
     return _finish(summary, out, config, groups=len(parts))
 
 
@@ -225,7 +266,7 @@ def _finish(summary: dict, out: Path, config: EvaluationConfig, groups: int | No
     if groups is not None:
         summary["groups"] = groups
     _write_task_types(out, task_types)
-    if config.reference_results:
+    if config.reference_results and summary.get("role", "test") == "test":  # public results are test scores
         from embedpipe.evaluation.leaderboard import build_leaderboard, load_results_folder
 
         board = build_leaderboard(
@@ -256,18 +297,35 @@ def _metric_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in text)
 
 
+def role_metrics(summary: dict) -> dict[str, float]:
+    """An evaluation summary as ``<role>_<metric>`` numbers: ``dev_mean_task``, ``dev_mean_task_type``,
+    ``dev_<Task>``, ``dev_type.<Type>`` (``test_...`` for the test role), what tracking and `embedpipe compare` show."""
+    role = summary.get("role", "test")
+    metrics = {f"{role}_{_metric_name(task)}": score for task, score in summary["scores"].items()}
+    metrics.update({f"{role}_type.{_metric_name(k)}": v for k, v in summary["mean_per_type"].items()})
+    metrics[f"{role}_mean_task"] = summary["mean_task"]
+    metrics[f"{role}_mean_task_type"] = summary["mean_task_type"]
+    if summary.get("borda_rank") is not None:
+        metrics[f"{role}_borda_rank"] = float(summary["borda_rank"])
+    return {k: float(v) for k, v in metrics.items() if v == v}
+
+
 def _log_to_mlflow(summary: dict, out: Path) -> None:
     if not tracking.active():
         return
     import mlflow
 
-    metrics = {f"eval.{_metric_name(task)}": score for task, score in summary["scores"].items()}
-    metrics.update({f"eval.type.{_metric_name(k)}": v for k, v in summary["mean_per_type"].items()})
-    metrics["eval.mean_task"] = summary["mean_task"]
-    metrics["eval.mean_task_type"] = summary["mean_task_type"]
-    if summary.get("borda_rank") is not None:
-        metrics["eval.borda_rank"] = float(summary["borda_rank"])
+    role = summary.get("role", "test")
+    metrics = role_metrics(summary)
+    if role == "test":  # the names earlier runs logged, kept beside test_*
+        metrics.update({f"eval.{_metric_name(task)}": score for task, score in summary["scores"].items()})
+        metrics.update({f"eval.type.{_metric_name(k)}": v for k, v in summary["mean_per_type"].items()})
+        metrics["eval.mean_task"] = summary["mean_task"]
+        metrics["eval.mean_task_type"] = summary["mean_task_type"]
+        if summary.get("borda_rank") is not None:
+            metrics["eval.borda_rank"] = float(summary["borda_rank"])
     mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})
-    mlflow.set_tag("eval.model_revision", summary["revision"])
-    mlflow.log_artifact(str(out / SUMMARY_FILE), artifact_path="evaluation")
-    mlflow.log_artifacts(summary["results_dir"], artifact_path="evaluation/results")
+    mlflow.set_tag(f"{'eval' if role == 'test' else 'dev'}.model_revision", summary["revision"])
+    where = "evaluation" if role == "test" else "evaluation-dev"
+    mlflow.log_artifact(str(out / SUMMARY_FILE), artifact_path=where)
+    mlflow.log_artifacts(summary["results_dir"], artifact_path=f"{where}/results")

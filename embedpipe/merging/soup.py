@@ -1,5 +1,6 @@
-"""Greedy soup (Wortsman et al., 2022): beyond the paper's uniform average, add checkpoints to the average one at a
-time, best first, keeping each only if the dev score of the averaged model improves."""
+"""Greedy soup (Wortsman et al., 2022, Algorithm 1): beyond the paper's uniform average, add checkpoints to the
+average one at a time, best first by their own dev score, keeping each when the dev score of the averaged model is at
+least the best so far (ties are kept, as in the paper). Scores come from the dev tasks, never the test tasks."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ Scorer = Callable[[Path], float]
 
 def evaluation_scorer(config, extra_tasks_dir: str | Path | None, work_dir: str | Path,
                       cache_dir: str | Path | None = None) -> Scorer:
-    """Dev score = Mean(Task) of :func:`embedpipe.evaluation.run.evaluate` on the configured tasks."""
+    """Dev score = Mean(Task) of :func:`embedpipe.evaluation.run.evaluate` on the dev tasks (``role="dev"``: the
+    local tasks' dev splits, ``evaluation.dev_local_tasks``, ``evaluation.dev_tasks``); never the test tasks."""
     from embedpipe.evaluation.run import evaluate
 
     counter = iter(range(1_000_000))
 
     def score(model_dir: Path) -> float:
         summary = evaluate(model_dir, config, Path(work_dir) / "soup-eval", extra_tasks_dir=extra_tasks_dir,
-                           cache_dir=cache_dir, model_name=f"embedpipe/soup-{next(counter)}")
+                           cache_dir=cache_dir, model_name=f"embedpipe/soup-{next(counter)}", role="dev")
         return float(summary["mean_task"])
 
     return score
@@ -36,7 +38,8 @@ def evaluation_scorer(config, extra_tasks_dir: str | Path | None, work_dir: str 
 
 def greedy_soup(model_dirs: Sequence[str | Path], out_dir: str | Path, score: Scorer,
                 shard_size: str | int = "5GB", work_dir: str | Path | None = None) -> dict:
-    """Score each checkpoint, sort best first, and grow a uniform average while the score strictly improves."""
+    """Score each checkpoint, sort best first, and grow a uniform average, keeping a candidate whenever the averaged
+    model's score is at least the best so far (Wortsman et al. 2022, Algorithm 1: ``>=``)."""
     dirs = [Path(d) for d in model_dirs]
     if not dirs:
         raise ValueError("no checkpoints for the soup")
@@ -59,7 +62,7 @@ def greedy_soup(model_dirs: Sequence[str | Path], out_dir: str | Path, score: Sc
             trial = tmp_root / f"trial-{step}"
             merge_checkpoints(ingredients + [candidate], trial, shard_size=shard_size, track=False)
             value = checked(trial)
-            accepted = value > best
+            accepted = value >= best  # ties kept (the paper's Algorithm 1)
             history.append({"candidate": str(candidate), "score": value, "accepted": accepted})
             log.info("soup step %d: %s -> %.5f (%s; best %.5f)", step, candidate.name, value,
                      "kept" if accepted else "dropped", best)

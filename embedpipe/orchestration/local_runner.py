@@ -35,12 +35,13 @@ def work_root(recipe: Recipe, base: Path) -> Path:
     return Path(root) / "kfp" if not storage.is_remote(root) else (base / ".embedpipe" / "kfp").resolve()
 
 
-def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: Path | None = None,
+def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = None,
               cache: bool = True, check_endpoints: bool = True, runner: str = "local") -> dict:
-    """Pre-flight, then run ``pipeline`` with kfp.local; returns the last step's summary plus timings."""
+    """Pre-flight, then run ``pipeline`` (a builder from ``embedpipe.pipelines.PIPELINES``) with kfp.local;
+    returns the last step's summary plus timings."""
     from kfp import local
 
-    from embedpipe.orchestration.compile import pipeline_function
+    from embedpipe.orchestration.compile import pipeline_function, pipeline_kind
 
     base = Path(base or os.getcwd()).resolve()
     recipe = localize(recipe, base)
@@ -64,7 +65,7 @@ def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: 
     seconds = time.perf_counter() - started
     summary = json.loads(task.outputs["Output"] if hasattr(task, "outputs") and isinstance(task.outputs, dict)
                          else task.output)
-    return {**summary, "pipeline": pipeline, "seconds": round(seconds, 2), "work_root": str(root),
+    return {**summary, "pipeline": pipeline_kind(func), "seconds": round(seconds, 2), "work_root": str(root),
             "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner}
 
 

@@ -20,6 +20,7 @@ from embedpipe.data.sdg import (
     parse_task_list,
     plan,
     render,
+    synthetic_source,
 )
 from embedpipe.recipe import load_recipe
 from scripted_llm import llm_server  # noqa: F401 - the fixture
@@ -38,6 +39,11 @@ def _corpus_file(tmp_path):
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in CORPUS) + "\n")
     return path
+
+
+def _generate(recipe, *args, **kwargs):
+    """SDG by the recipe's sdg section, its records named after the data section's synthetic source."""
+    return generate_synthetic(recipe.sdg, *args, source=synthetic_source(recipe.data), **kwargs)
 
 
 def _recipe(tmp_path, sdg: dict, name="r"):
@@ -152,7 +158,7 @@ def _openai_sdg(server, **overrides):
 
 def test_openai_backend_mix_and_malformed_counts(tmp_path, llm_server):
     recipe = _recipe(tmp_path, _openai_sdg(llm_server))
-    summary = generate_synthetic(recipe, _corpus_file(tmp_path), tmp_path / "out")
+    summary = _generate(recipe, _corpus_file(tmp_path), tmp_path / "out")
     assert summary["complete"] and summary["generated"] == 12
     assert summary["parsed"] + sum(summary["rejected"].values()) == 12  # every generation accounted for
     assert summary["rejected"].get("empty_output", 0) >= 2  # the scripted model's malformed answers
@@ -173,7 +179,7 @@ def test_cross_model_two_step_generation_for_every_task(tmp_path, llm_server):
                       records_per_task=6, shard_size=3, second_step_generator="llm-b")
     sdg["generators"] = sdg["generators"][:1] + [dict(sdg["generators"][1], share=0.001)]
     recipe = _recipe(tmp_path, sdg)
-    summary = generate_synthetic(recipe, _corpus_file(tmp_path), tmp_path / "out")
+    summary = _generate(recipe, _corpus_file(tmp_path), tmp_path / "out")
     records = read_records(tmp_path / "out" / "synthetic.jsonl")
     triplets = [r for r in records if r.id.startswith("synthetic-retrieval_triplet")]
     assert triplets and all(r.generator == "llm-a>llm-b" for r in triplets)
@@ -192,18 +198,18 @@ def test_interrupted_run_resumes_and_gives_the_same_records(tmp_path, llm_server
 
     recipe = _recipe(tmp_path, _openai_sdg(llm_server, consistency_top_k=None))
     corpus = _corpus_file(tmp_path)
-    reference = generate_synthetic(recipe, corpus, tmp_path / "reference")
+    reference = _generate(recipe, corpus, tmp_path / "reference")
     llm_server.requests.clear()
     llm_server.fail_after = 6  # the server dies during the second shard
     with pytest.raises(APIError):
-        generate_synthetic(recipe, corpus, tmp_path / "run")
+        _generate(recipe, corpus, tmp_path / "run")
     shards = sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.json"))
     assert shards == ["query_generation-00000.json"] and not (tmp_path / "run" / "synthetic.jsonl").exists()
     llm_server.fail_after = None
     llm_server.requests.clear()
-    partial = generate_synthetic(recipe, corpus, tmp_path / "run", max_shards=1)
+    partial = _generate(recipe, corpus, tmp_path / "run", max_shards=1)
     assert not partial["complete"] and partial["shards_skipped"] == 1 and partial["shards_generated"] == 1
-    resumed = generate_synthetic(recipe, corpus, tmp_path / "run")
+    resumed = _generate(recipe, corpus, tmp_path / "run")
     assert resumed["complete"] and resumed["shards_skipped"] == 2 and resumed["shards_generated"] == 1
     assert len(llm_server.requests) == 8  # only the unfinished shards were generated again
     assert (tmp_path / "run" / "synthetic.jsonl").read_text() == (tmp_path / "reference" / "synthetic.jsonl").read_text()
@@ -238,7 +244,7 @@ def test_vllm_backend_up_to_the_engine(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path, {"tasks": ["sts"], "records_per_task": 4, "shard_size": 2, "consistency_top_k": None,
                                 "generators": [{"name": "mixtral", "backend": "vllm", "model": "org/Mixtral",
                                                 "tensor_parallel_size": 8, "temperature": 0.9, "max_new_tokens": 300}]})
-    summary = generate_synthetic(recipe, None, tmp_path / "out")
+    summary = _generate(recipe, None, tmp_path / "out")
     assert calls["engines"] == [{"model": "org/Mixtral", "tensor_parallel_size": 8, "seed": 0, "trust_remote_code": False}]
     assert len(calls["params"]) == 2 and {p["max_tokens"] for p in calls["params"]} == {300}
     assert len({p["seed"] for p in calls["params"]}) == 2  # each shard has its own seed
@@ -251,7 +257,7 @@ def test_vllm_missing_is_a_clear_error(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path, {"tasks": ["sts"], "records_per_task": 1, "generators": [
         {"name": "g", "backend": "vllm", "model": "m"}]})
     with pytest.raises(RuntimeError, match="needs the vllm package"):
-        generate_synthetic(recipe, None, tmp_path / "out")
+        _generate(recipe, None, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------------- transformers
@@ -264,7 +270,7 @@ def test_transformers_backend_with_smollm2_gives_parseable_records(tmp_path, smo
                                 "generators": [{"name": "smollm2", "backend": "transformers",
                                                 "model": "smollm2-135m-instruct", "temperature": 0.2,
                                                 "max_new_tokens": 32, "threads": 1}]})
-    summary = generate_synthetic(recipe, _corpus_file(tmp_path), tmp_path / "out")
+    summary = _generate(recipe, _corpus_file(tmp_path), tmp_path / "out")
     assert summary["generated"] == 4
     assert summary["parsed"] >= 2, summary
     records = read_records(tmp_path / "out" / "synthetic.jsonl")

@@ -70,7 +70,12 @@ def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> summaries.DataSumm
     """Data build: public sets -> records.jsonl, corpus.jsonl, manifest.json, eval/."""
     from embedpipe.data.build import build_training_data
 
-    return build_training_data(recipe, Path(out_dir))
+    return build_training_data(recipe.data, Path(out_dir), stages=training_stages(recipe))
+
+
+def training_stages(recipe: Recipe) -> dict:
+    """The training stages whose data mixes the data step counts (each with its own weights and task types)."""
+    return {"stage1": recipe.training.stage1, "stage2": recipe.training.stage2}
 
 
 @timed(summaries.DownloadSummary)
@@ -111,10 +116,11 @@ def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.Pa
         (out / "synthetic.jsonl").write_text("")
         return _write_summary(out, {"skipped": "sdg disabled" if not recipe.sdg.enabled else "no generators",
                                     "records": 0})
-    from embedpipe.data.sdg import generate_synthetic
+    from embedpipe.data.sdg import generate_synthetic, synthetic_source
 
     corpus = Path(data_dir) / "corpus.jsonl"
-    summary = generate_synthetic(recipe, corpus, out, only_generator=only_generator, generate=generate,
+    summary = generate_synthetic(recipe.sdg, corpus, out, source=synthetic_source(recipe.data),
+                                 only_generator=only_generator, generate=generate,
                                  shard_store=sdg_shard_store(recipe, corpus))
     return _write_summary(out, summary)
 

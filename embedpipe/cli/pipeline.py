@@ -149,8 +149,10 @@ def compare(
     experiment: str = typer.Argument(None, help="MLflow experiment (default: the recipe's)."),
     recipe: Path = typer.Option(None, help="Take the experiment name and tracking URI from this recipe."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: the recipe's, else $MLFLOW_TRACKING_URI)."),
-    parent: str = typer.Option(None, help="Compare the child runs of this parent run (an ablation, stage-2 runs)."),
-    metric: list[str] = typer.Option([], "--metric", help="Metrics to show (default: mean_task, mean_task_type, borda)."),
+    parent: str = typer.Option(None, help="Compare the child runs of this parent run (an ablation's cells, a "
+                                          "pipeline's training jobs); 'latest': the newest pipeline run."),
+    metric: list[str] = typer.Option([], "--metric", help="Metrics to show, the first one plotted (default: the dev "
+                                                          "and test Mean(Task) and Mean(TaskType), the merge gain)."),
     plot: Path = typer.Option(Path("compare.png"), help="Where to write the plot of scores per variant."),
     children: bool = typer.Option(False, help="Include child runs when no --parent is given."),
 ) -> None:
@@ -172,11 +174,15 @@ def compare(
         raise typer.Exit(2)
     tracking.setup(uri)
     try:
+        if parent == "latest":
+            parent = tracking.latest_pipeline_run(experiment)
         result = tracking.compare_runs(experiment, out_png=plot, parent_run_id=parent, metrics=metric or None,
                                        include_children=children)
     except tracking.TrackingError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    Console().print(tracking.comparison_table(result))
+    console = Console()
+    for table in tracking.comparison_tables(result):
+        console.print(table)
     if result["plot"]:
         typer.echo(f"plot: {result['plot']}")

@@ -11,7 +11,7 @@ from embedpipe.components.evaluate.component import evaluate
 from embedpipe.components.mining.component import mine
 from embedpipe.components.plan.component import plan_ablation
 from embedpipe.components.sdg.component import synthesize
-from embedpipe.components.track.component import track_ablation
+from embedpipe.components.track.component import track_ablation, track_open
 from embedpipe.components.train.component import train_merge_set, train_stage1
 from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
 
@@ -19,11 +19,17 @@ from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, wi
 def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
     @dsl.pipeline(name="embedpipe-ablation", description=__doc__.splitlines()[0])
     def ablation(recipe_json: str, run_name: str = "ablation") -> str:
+        tracking = with_mlflow(on_cpu(track_open(recipe_json=recipe_json, pipeline="ablation",
+                                                 kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, run_name=run_name,
+                                                 kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                                      settings, "1", "1Gi"), settings)
+        tracking.set_caching_options(False).set_display_name("MLflow parent run")
         fetched = with_models(on_cpu(download_models(recipe_json=recipe_json), settings, "4", "16Gi"), settings,
-                              download=True).set_display_name("hub download")
+                              download=True).after(tracking).set_display_name("hub download")
         data = with_models(on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
             .after(fetched).set_display_name("data build")
-        plan = on_cpu(plan_ablation(recipe_json=recipe_json), settings, "1", "1Gi").set_display_name("grid")
+        plan = on_cpu(plan_ablation(recipe_json=recipe_json), settings, "1", "1Gi").after(tracking) \
+            .set_display_name("grid")
         with dsl.ParallelFor(plan.output, name="grid-cells") as cell:
             # a cell may change the generator mix, so its one SDG task (generator by generator, each engine closed
             # before the next starts) gets the largest tensor-parallel degree of the recipe's generators
@@ -34,15 +40,17 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
             stage1 = on_gpus(train_stage1(recipe_json=recipe_json, records=mined.outputs["records"],
                                           overrides_json=cell,
                                           run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), settings, settings.gpus_per_node, "16", "200Gi")
+            with_mlflow(stage1, settings)
             merged = on_gpus(train_merge_set(recipe_json=recipe_json, records=mined.outputs["records"],
                                              init_model=stage1.outputs["model"], cell_json=cell,
                                              run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
                              settings, settings.gpus_per_node, "16", "200Gi").set_display_name("stage 2 + merge")
+            with_mlflow(merged, settings)
             scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
                                       data=data.outputs["data"], overrides_json=cell), settings, 1)
         tracked = track_ablation(recipe_json=recipe_json, run_name=run_name,
                                  cell_summaries=dsl.Collected(merged.outputs["Output"]),
-                                 results=dsl.Collected(scores.outputs["results"]))
+                                 results=dsl.Collected(scores.outputs["results"]), parent_run_id=tracking.output)
         with_mlflow(on_cpu(tracked, settings, "1", "4Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow parent + child runs")
         return tracked.outputs["Output"]

@@ -59,8 +59,8 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     assert parent.data.metrics["mean_task"] == pytest.approx(scores["mean_task"])
     comparison = tracking.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
                                        metrics=["stage2.final_loss"])
-    assert comparison["runs"] == ["mix-a", "mix-b"]
-    assert comparison["params"]["variant.learning_rate"][1] == "2e-05"
+    assert comparison["runs"] == ["stage1", "stage2 · mix-a", "stage2 · mix-b"]  # a child per training job
+    assert comparison["params"]["variant.learning_rate"][2] == "2e-05"
     assert (tmp_path / "cmp.png").stat().st_size > 1000
 
     # the same inputs again: every step but the (uncached) tracking step comes from the cache
@@ -70,7 +70,7 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     assert json.loads(Path(second["scores_uri"]).read_text()) == scores
     runs = list((tmp_path / "runs" / "kfp").glob("embedpipe-full-*"))
     second_run = max(runs, key=lambda p: p.stat().st_mtime)
-    assert {p.name for p in second_run.iterdir()} <= {"track-full"}  # no step but tracking ran again
+    assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full"}  # no step but tracking ran again
 
 
 def test_preflight_reports_every_problem_before_running(tmp_path):

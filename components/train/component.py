@@ -19,7 +19,8 @@ def train_stage1(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.O
     cell = json.loads(overrides_json) if overrides_json else {}  # an ablation cell: its own checkpoint folder
     parts = [cell["name"], "stage1"] if isinstance(cell, dict) and cell.get("name") else ["stage1"]
     return steps.train(recipe, "stage1", records.path, init, model.path,
-                       checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts)).to_json()
+                       checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts), kfp_run_id=run_id,
+                       cell=parts[0] if len(parts) > 1 else None).to_json()
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
@@ -31,8 +32,10 @@ def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: 
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     variant = json.loads(variant_json)
+    unit = json.loads(overrides_json) if overrides_json else {}  # an ablation unit: its name keys the child run
     summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant,
-                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, "stage2", steps.variant_name(variant)))
+                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, "stage2", steps.variant_name(variant)),
+                          kfp_run_id=run_id, cell=unit.get("name") if isinstance(unit, dict) else None)
     summary.variant = variant
     return summary.to_json()
 

@@ -43,7 +43,8 @@ def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/local.yaml."),
     overrides: list[str] = typer.Option([], "--set", help="Recipe override section.key=value (repeatable)."),
     pipeline: str = typer.Option("full", help=PIPELINE_HELP),
-    run_name: str = typer.Option("", help="MLflow run name (default: MLflow's)."),
+    run_name: str = typer.Option("", help="Run name: the MLflow parent run is '<recipe> · <name>' (default: the "
+                                          "KFP run's name, embedpipe-<pipeline>-<timestamp>)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every step even if its inputs are unchanged."),
     runner: str = typer.Option("local", help="local: every step in this environment; docker: every step in its "
                                              "role image through kfp.local's DockerRunner (Docker, or podman's "
@@ -82,7 +83,9 @@ def run(
         console.print(f"cell {child['name']}: {json.dumps({k: v for k, v in child.items() if k not in ('name', 'run_id')})}")
     tracking_uri = result["tracking_uri"]
     console.print(f"MLflow:     run {result['mlflow_run_id']} in experiment {result['experiment']!r} at {tracking_uri}")
-    if not tracking_uri.startswith("http"):
+    if result.get("mlflow_url"):  # the training runs in MLflow's model-training view
+        console.print(f"            open: {result['mlflow_url']}")
+    elif not tracking_uri.startswith("http"):
         console.print(f"            view with: mlflow ui --backend-store-uri {tracking_uri}")
 
 
@@ -149,8 +152,10 @@ def compare(
     experiment: str = typer.Argument(None, help="MLflow experiment (default: the recipe's)."),
     recipe: Path = typer.Option(None, help="Take the experiment name and tracking URI from this recipe."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: the recipe's, else $MLFLOW_TRACKING_URI)."),
-    parent: str = typer.Option(None, help="Compare the child runs of this parent run (an ablation, stage-2 runs)."),
-    metric: list[str] = typer.Option([], "--metric", help="Metrics to show (default: mean_task, mean_task_type, borda)."),
+    parent: str = typer.Option(None, help="Compare the child runs of this parent run (an ablation's cells, a "
+                                          "pipeline's training jobs); 'latest': the newest pipeline run."),
+    metric: list[str] = typer.Option([], "--metric", help="Metrics to show, the first one plotted (default: the dev "
+                                                          "and test Mean(Task) and Mean(TaskType), the merge gain)."),
     plot: Path = typer.Option(Path("compare.png"), help="Where to write the plot of scores per variant."),
     children: bool = typer.Option(False, help="Include child runs when no --parent is given."),
 ) -> None:
@@ -172,11 +177,15 @@ def compare(
         raise typer.Exit(2)
     tracking.setup(uri)
     try:
+        if parent == "latest":
+            parent = tracking.latest_pipeline_run(experiment)
         result = tracking.compare_runs(experiment, out_png=plot, parent_run_id=parent, metrics=metric or None,
                                        include_children=children)
     except tracking.TrackingError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    Console().print(tracking.comparison_table(result))
+    console = Console()
+    for table in tracking.comparison_tables(result):
+        console.print(table)
     if result["plot"]:
         typer.echo(f"plot: {result['plot']}")

@@ -63,7 +63,8 @@ def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: 
             summaries.append({"variant": variants[name],
                               **steps.train(recipe, "stage2", records_dir, init_model, target, variant=variants[name],
                                             checkpoint_dir=steps.checkpoint_folder(recipe, run_id, cell["name"],
-                                                                                   "stage2", name)).model_dump()})
+                                                                                   "stage2", name),
+                                            kfp_run_id=run_id, cell=cell["name"]).model_dump()})
             dirs.append(str(target))
         merged = steps.merge(recipe, dirs, out_dir).model_dump() if len(dirs) > 1 else _copy_single(dirs[0], out_dir)
     finally:

@@ -42,26 +42,69 @@ def _setup(recipe: Recipe) -> None:
     tracking.setup(recipe.pipeline.mlflow_tracking_uri)
 
 
+def open_run(recipe: Recipe, pipeline: str, kfp_run_id: str, run_name: str = "", kfp_run_name: str = "") -> str:
+    """The pipeline's first step: open its MLflow parent run (see tracking.open_pipeline_run); returns its id."""
+    _setup(recipe)
+    run_id = tracking.open_pipeline_run(recipe, pipeline, kfp_run_id, run_name=run_name, kfp_run_name=kfp_run_name)
+    log.info("MLflow parent run %s: %s", run_id, _ui_url(recipe, run_id))
+    return run_id
+
+
+def _ui_url(recipe: Recipe, run_id: str) -> str:
+    return tracking.ui_url(recipe.pipeline.mlflow_tracking_uri, tracking.experiment_id(recipe.experiment_name), run_id)
+
+
+def record_training(recipe: Recipe, parent_run_id: str, summary: dict, stage: str, variant: dict | None = None,
+                    cell: str | None = None) -> str:
+    """A training job's child run gets its summary and loss curve; a job whose step KFP took from its cache (it did
+    not train in this run, so no child was opened) gets its child here, from the summary, tagged as cached."""
+    import tempfile
+
+    import mlflow
+
+    job = tracking.job_key(stage, variant, cell)
+    child = tracking.find_child(parent_run_id, job)
+    history = loss_history(summary)
+    if child is None:
+        tags = {tracking.JOB_TAG: job, tracking.KIND_TAG: "training", tracking.STAGE_TAG: stage,
+                tracking.CACHED_TAG: "true"}
+        if variant:
+            tags[tracking.VARIANT_TAG] = steps.variant_name(variant)
+        if cell:
+            tags[tracking.CELL_TAG] = cell
+        with tracking.recipe_run(recipe, run_name=job.replace("/", " · "), parent_run_id=parent_run_id, tags=tags,
+                                 params={f"variant.{k}": v for k, v in (variant or {}).items()}) as run:
+            tracking.log_training(summary, history, stage)
+        return run.info.run_id
+    client = mlflow.MlflowClient()  # the live child: add the files, leave its status and times alone
+    run_id = child.info.run_id
+    client.log_dict(run_id, json.loads(json.dumps(summary, default=str)), f"training/{stage}/summary.json")
+    if history:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = tracking.loss_curve_png(history, Path(tmp) / f"loss-{stage}.png", f"{job} loss")
+            client.log_artifact(run_id, str(png), f"training/{stage}")
+    return run_id
+
+
 def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: str, stage1_summary: dict,
                     stage2_summaries: list[dict], merged_dir: str, merge_summary: dict, results_dir: str,
-                    manifest_path: str) -> dict:
-    """Parent run (recipe params, data manifest, scores, model) with a child run per stage-2 variant."""
+                    manifest_path: str, parent_run_id: str = "") -> dict:
+    """The parent run (opened by the pipeline's first step; without one, opened here) gets the data manifest, scores
+    and model; every training job its child run; then the parent ends with the pipeline's duration."""
     import mlflow
 
     _setup(recipe)
-    with tracking.recipe_run(recipe, run_name=run_name or None, tags={"embedpipe.pipeline": "full"}) as run:
+    parent_run_id = parent_run_id or open_run(recipe, "full", "", run_name)
+    tracking.experiment_id(recipe.experiment_name)
+    with mlflow.start_run(run_id=parent_run_id) as run:
         run_id = run.info.run_id
         for name, folder in (("data", data_dir), ("mining", records_dir)):
             for file in ("manifest.json", steps.SUMMARY):
                 if (Path(folder) / file).is_file():
                     mlflow.log_artifact(str(Path(folder) / file), name)
-        tracking.log_training(stage1_summary, loss_history(stage1_summary), "stage1")
+        record_training(recipe, run_id, stage1_summary, "stage1")
         for summary in stage2_summaries:
-            variant = summary.get("variant") or {}
-            with tracking.recipe_run(recipe, run_name=steps.variant_name(variant), parent_run_id=run_id,
-                                     tags={"embedpipe.pipeline": "full", "embedpipe.stage": "stage2"},
-                                     params={f"variant.{k}": v for k, v in variant.items()}):
-                tracking.log_training(summary, loss_history(summary), "stage2")
+            record_training(recipe, run_id, summary, "stage2", variant=summary.get("variant") or {})
         tracking.write_json_artifact(merge_summary, "merge/provenance.json")
         scores = json.loads((Path(results_dir) / "scores.json").read_text())
         tracking.log_scores(scores)
@@ -73,27 +116,37 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
         manifest = render_manifest(recipe, model_uri, manifest_path)
         mlflow.log_artifact(manifest_path, "deploy")
         mlflow.set_tags({"embedpipe.model_uri": model_uri})
-    return {"mlflow_run_id": run_id, "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
+    closed = tracking.close_pipeline_run(run_id)
+    return {"mlflow_run_id": run_id, "mlflow_run_seconds": closed["seconds"], "mlflow_url": _ui_url(recipe, run_id), "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
             "model_uri": model_uri, "scores_uri": scores_uri, "scores": _headline(scores), **registration,
             "manifest": manifest_path, "inference_service": manifest.get("metadata", {}).get("name")}
 
 
-def record_ablation(recipe: Recipe, run_name: str, cell_summaries: list[dict], results_dirs: list[str]) -> dict:
-    """One parent run for the grid; each cell a child run with its axes as params and its scores as metrics."""
+def record_ablation(recipe: Recipe, run_name: str, cell_summaries: list[dict], results_dirs: list[str],
+                    parent_run_id: str = "") -> dict:
+    """The grid's parent run (opened by the pipeline's first step; without one, here): each cell a child run with its
+    axes as params and its scores as metrics, each training job its own child; then the parent ends."""
+    import mlflow
+
     _setup(recipe)
-    children = []
-    with tracking.recipe_run(recipe, run_name=run_name or "ablation", tags={"embedpipe.pipeline": "ablation"}) as run:
+    parent_run_id = parent_run_id or open_run(recipe, "ablation", "", run_name or "ablation")
+    cells = []
+    with mlflow.start_run(run_id=parent_run_id) as run:
         for summary, results in zip(cell_summaries, results_dirs):
             cell = summary["cell"]
             scores = json.loads((Path(results) / "scores.json").read_text())
             with tracking.recipe_run(recipe, run_name=cell["name"], parent_run_id=run.info.run_id,
-                                     tags={"embedpipe.pipeline": "ablation"},
+                                     tags={"embedpipe.pipeline": "ablation", tracking.KIND_TAG: "cell",
+                                           tracking.CELL_TAG: cell["name"]},
                                      params={f"ablation.{k}": v for k, v in cell["axes"].items()}) as child:
                 tracking.log_scores(scores)
-                for stage2 in summary.get("stage2", []):
-                    tracking.log_training(stage2, loss_history(stage2), f"stage2.{stage2['variant']['name']}")
-                children.append({"run_id": child.info.run_id, "name": cell["name"], **_headline(scores)})
-    return {"mlflow_run_id": run.info.run_id, "experiment": recipe.experiment_name, "children": children}
+                cells.append({"run_id": child.info.run_id, "name": cell["name"], **_headline(scores)})
+            for stage2 in summary.get("stage2", []):
+                record_training(recipe, run.info.run_id, stage2, "stage2", variant=stage2.get("variant") or {},
+                                cell=cell["name"])
+    closed = tracking.close_pipeline_run(run.info.run_id)
+    return {"mlflow_run_id": run.info.run_id, "mlflow_run_seconds": closed["seconds"],
+            "mlflow_url": _ui_url(recipe, run.info.run_id), "experiment": recipe.experiment_name, "children": cells}
 
 
 def _headline(scores: dict) -> dict:

@@ -197,19 +197,24 @@ def checkpoint_folder(recipe: Recipe, run_id: str, *parts: str) -> str | None:
 
 @timed(summaries.TrainSummary)
 def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
-          variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None) -> summaries.TrainSummary:
+          variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None, kfp_run_id: str = "",
+          cell: str | None = None) -> summaries.TrainSummary:
     """One training stage (a stage-2 variant when ``variant`` is given); ``out_dir`` becomes an encoder export.
 
     With ``training.gpus_per_node`` above 1 (one node) the stage runs as that many processes under torch's elastic
-    launcher, one per GPU; ``checkpoint_dir`` (local or s3://) makes a retried step resume from its last checkpoint."""
+    launcher, one per GPU; ``checkpoint_dir`` (local or s3://) makes a retried step resume from its last checkpoint.
+    ``kfp_run_id``: the pipeline run whose MLflow parent gets this job as a child run, logged while it trains
+    (``cell``: the ablation cell it trains for)."""
+    from embedpipe import tracking
     from embedpipe.training.run import train_stage
 
     records = Path(records_dir) / "records.jsonl"
     nproc = recipe.training.gpus_per_node
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return train_local_processes(recipe, stage, records, init_model, out_dir, variant, checkpoint_dir, nproc)
-    return train_stage(recipe, stage, records, init_model, Path(out_dir),
-                       variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
+    with tracking.training_run(recipe, kfp_run_id, stage, variant, cell):
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return train_local_processes(recipe, stage, records, init_model, out_dir, variant, checkpoint_dir, nproc)
+        return train_stage(recipe, stage, records, init_model, Path(out_dir),
+                           variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
 
 
 def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model: str, out_dir, variant, checkpoint_dir,

@@ -324,11 +324,13 @@ def stage_launch(pipeline, stage: str, job_name: str, init_uri: str, variant: di
 
 def job_spec(recipe, job_name: str, launch_args: list[str], suspend: bool = False) -> JobSpec:
     """The JobSpec of a recipe's multi-node stage: image, node pool, GPUs, secrets and queue from its sections."""
+    from embedpipe import tracking
     from embedpipe.orchestration.images import image
 
     pipeline, training = recipe.pipeline, recipe.training
     env = {"EMBEDPIPE_S3_ENDPOINT": pipeline.s3_endpoint or "", "EMBEDPIPE_S3_SECURE": str(pipeline.s3_secure).lower(),
-           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri}
+           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri,
+           **tracking.worker_env()}  # rank 0 logs into the launcher's child run (tracking.training_run)
     return JobSpec(
         name=job_name, namespace=pipeline.namespace, image=image("train", pipeline.image_registry, pipeline.image_tag),
         launch_args=launch_args, recipe_json=recipe.model_dump_json(), nodes=training.nodes,

@@ -34,7 +34,7 @@ def test_the_loop_takes_the_training_section_and_goes_through_the_encoder(tiny_e
 
     section = recipe.training  # the training section alone, and records the data area selected
     stage_cfg = run.resolve_stage(section, "stage1", None)
-    selected = run.load_stage_records(recipe, "stage1", records, stage_cfg)
+    selected = run.load_stage_records(recipe.data, section, "stage1", records, stage_cfg)
     summary = run.train_records(section, "stage1", stage_cfg, selected, str(tiny_encoder), tmp_path / "a",
                                 source=str(records))
     assert summary["steps"] == 2 and summary["records"] == len(selected)

@@ -105,16 +105,17 @@ def load_init_encoder(init_model: str | Path, cache_dir: Path | None = None) -> 
     return Encoder(model, tokenizer), {"base_model": str(init_model)}
 
 
-def load_stage_records(recipe, stage: str, records_path, stage_cfg: StageConfig):
-    """The stage's records: the file (local or s3://, through storage), mixed and filtered by the data area."""
+def load_stage_records(data, training: TrainingConfig, stage: str, records_path, stage_cfg: StageConfig):
+    """The stage's records: the file (local or s3://, through storage), mixed and filtered by the data area with
+    its own section (``data``: a DataConfig)."""
     from embedpipe.data.mix import select_stage_records
     from embedpipe.data.schema import read_records
 
     records = read_records(storage.local_copy(str(records_path)))
     # the stage's data weights, then a stage-2 variant's on top (key by key)
-    weights = {**(getattr(recipe.training, stage).data_weights or {}), **(stage_cfg.data_weights or {})}
-    return select_stage_records(records, recipe.data, stage, weights_override=weights or None,
-                                seed=recipe.training.seed, task_types=stage_cfg.task_types)
+    weights = {**(getattr(training, stage).data_weights or {}), **(stage_cfg.data_weights or {})}
+    return select_stage_records(records, data, stage, weights_override=weights or None,
+                                seed=training.seed, task_types=stage_cfg.task_types)
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -201,7 +202,7 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     with ``resume`` the latest one there is loaded and training continues at its step with the same data order.
     """
     stage_cfg = resolve_stage(recipe.training, stage, variant)
-    records = load_stage_records(recipe, stage, records_path, stage_cfg)
+    records = load_stage_records(recipe.data, recipe.training, stage, records_path, stage_cfg)
     return train_records(recipe.training, stage, stage_cfg, records, init_model, out_dir,
                          checkpoint_dir=checkpoint_dir, resume=resume, params=recipe.flat_params(),
                          source=str(records_path))

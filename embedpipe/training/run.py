@@ -321,7 +321,8 @@ def train_records(training: TrainingConfig, stage: str, stage_cfg: StageConfig, 
     summary["replica_checksums"] = _replica_checksums(backend, training.backend, device)
     if rank == 0:
         _write_export(state, model, tokenizer, init_meta, stage_cfg, out_dir, summary)
-        tracking.log_metrics({f"{stage}.final_loss": summary["final_loss"] or float("nan")}, step=stage_cfg.steps)
+        if summary["final_loss"] is not None:  # a loss of exactly 0.0 is a value (``or`` made it NaN, then dropped)
+            tracking.log_metrics({f"{stage}.final_loss": summary["final_loss"]}, step=stage_cfg.steps)
         local_out = storage.local_copy(str(out_dir)) if storage.is_remote(str(out_dir)) else Path(out_dir)
         tracking.log_model_dir(str(local_out), f"model-{stage_cfg.name}")
     if torch.distributed.is_initialized():

@@ -32,9 +32,10 @@ def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: 
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     variant = json.loads(variant_json)
+    unit = json.loads(overrides_json) if overrides_json else {}  # an ablation unit: its name keys the child run
     summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant,
                           checkpoint_dir=steps.checkpoint_folder(recipe, run_id, "stage2", steps.variant_name(variant)),
-                          kfp_run_id=run_id)
+                          kfp_run_id=run_id, cell=unit.get("name") if isinstance(unit, dict) else None)
     summary.variant = variant
     return summary.to_json()
 

@@ -84,11 +84,17 @@ def test_multi_node_recipe_trains_through_pytorchjob_launchers(compiled):
 
 
 def test_ablation_pipeline_shape(compiled):
+    """The local recipe's grid is one cell (its loss, all its stage-2 variants merged): the steps of the plan,
+    unrolled, with the stage-2 variants in a loop, each scored on the dev tasks (tests/test_pipeline_ablation.py
+    covers larger grids)."""
     spec = compiled[("local", "ablation")][0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"build-data", "plan-ablation", "for-loop-1", "track-ablation"} <= set(tasks)
-    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert {"synthesize", "mine", "train-stage1", "train-merge-set", "evaluate"} <= set(loop)
+    assert {"build-data", "plan-ablation", "synthesize", "mine", "train-stage1", "merge-cells", "track-ablation"} \
+        <= set(tasks)
+    loop = next(n for n in tasks if n.startswith("for-loop"))
+    inner = spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"train-stage2", "evaluate"} <= set(inner)
+    assert inner["evaluate"]["inputs"]["parameters"]["role"]["runtimeValue"]["constant"] == "dev"
 
 
 def test_images_follow_the_recipe():

@@ -10,7 +10,8 @@ from embedpipe.orchestration.images import image
 @dsl.component(base_image=image("eval"), install_kfp_package=False)
 def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset],
              results: dsl.Output[dsl.Artifact], scores: dsl.Output[dsl.Metrics], model_name: str = "",
-             overrides_json: str = "") -> str:
+             overrides_json: str = "", role: str = "test") -> str:
+    """``role="dev"``: the dev tasks (model selection), ``"test"``: the test tasks (the final model)."""
     import json
     import os
 
@@ -18,11 +19,11 @@ def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.
     from embedpipe.tracking import numeric_metrics
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
-    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None)
+    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None, role=role)
     os.makedirs(results.path, exist_ok=True)
     with open(os.path.join(results.path, "scores.json"), "w") as handle:
         json.dump(summary, handle, indent=2, default=str)
-    headline = numeric_metrics({k: summary.get(k) for k in ("mean_task", "mean_task_type", "borda")})
+    headline = numeric_metrics({f"{role}_{k}": summary.get(k) for k in ("mean_task", "mean_task_type", "borda")})
     for key, value in headline.items():
         scores.log_metric(key, value)  # shown by the KFP UI
     os.makedirs(os.path.dirname(scores.path), exist_ok=True)

@@ -29,7 +29,9 @@ def pipeline_function(kind: str, recipe=None, local: bool = False):
     if kind == "ablation":
         from embedpipe.pipelines.ablation import build_ablation_pipeline
 
-        return build_ablation_pipeline(settings)
+        from embedpipe.orchestration.ablation import plan_grid
+
+        return build_ablation_pipeline(settings, plan_grid(recipe) if recipe is not None else None)
     raise ValueError(f"unknown pipeline {kind!r}; one of {PIPELINES}")
 
 

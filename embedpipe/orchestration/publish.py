@@ -78,22 +78,59 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
             "manifest": manifest_path, "inference_service": manifest.get("metadata", {}).get("name")}
 
 
-def record_ablation(recipe: Recipe, run_name: str, cell_summaries: list[dict], results_dirs: list[str]) -> dict:
-    """One parent run for the grid; each cell a child run with its axes as params and its scores as metrics."""
+def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dict]) -> dict:
+    """One parent run for the grid (its plan as an artifact); a child run per cell (the cell's recipe as params, its
+    axes as ``ablation.*`` params, its dev scores as ``dev_*`` metrics) and one per stage-2 training (its group's
+    recipe and ``variant.*`` params, its training curve, its dev scores)."""
+    from embedpipe.evaluation.run import role_metrics
+    from embedpipe.orchestration.ablation import cell_results
+
     _setup(recipe)
+    recipe_json = recipe.model_dump_json()
+    by_group = {r["group"]: r for r in reports}
+    tags = {"embedpipe.pipeline": "ablation"}
     children = []
-    with tracking.recipe_run(recipe, run_name=run_name or "ablation", tags={"embedpipe.pipeline": "ablation"}) as run:
-        for summary, results in zip(cell_summaries, results_dirs):
-            cell = summary["cell"]
-            scores = json.loads((Path(results) / "scores.json").read_text())
-            with tracking.recipe_run(recipe, run_name=cell["name"], parent_run_id=run.info.run_id,
-                                     tags={"embedpipe.pipeline": "ablation"},
+    with tracking.recipe_run(recipe, run_name=run_name or "ablation", tags=tags) as run:
+        tracking.write_json_artifact(plan, "ablation/plan.json")
+        tracking.log_metrics({"ablation.cells": len(plan["cells"]), "ablation.stage1_trainings": len(plan["stage1"]),
+                              "ablation.stage2_trainings": sum(len(g["variants"]) for g in plan["stage2"])})
+        for group in plan["stage2"]:
+            group_recipe = steps.recipe_from_json(recipe_json, json.dumps(group["overrides"]))
+            for variant in by_group[group["key"]]["variants"]:
+                spec = variant["training"].get("variant") or {}
+                with tracking.recipe_run(group_recipe, run_name=f"{group['name']}/{steps.variant_name(spec)}",
+                                         parent_run_id=run.info.run_id,
+                                         tags={**tags, "embedpipe.stage": "stage2", "embedpipe.group": group["key"]},
+                                         params={f"variant.{k}": v for k, v in spec.items()}) as child:
+                    tracking.log_training(variant["training"], loss_history(variant["training"]), "stage2")
+                    tracking.log_metrics(role_metrics(variant["dev"]))
+                    children.append({"run_id": child.info.run_id, "kind": "stage2", "group": group["key"],
+                                     "variant": steps.variant_name(spec),
+                                     "dev_mean_task": variant["dev"].get("mean_task")})
+        for result in cell_results(plan, reports):
+            cell = result["cell"]
+            cell_recipe = steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
+            with tracking.recipe_run(cell_recipe, run_name=cell["name"], parent_run_id=run.info.run_id,
+                                     tags={**tags, "embedpipe.stage": "cell", "embedpipe.group": cell["group"]},
                                      params={f"ablation.{k}": v for k, v in cell["axes"].items()}) as child:
-                tracking.log_scores(scores)
-                for stage2 in summary.get("stage2", []):
-                    tracking.log_training(stage2, loss_history(stage2), f"stage2.{stage2['variant']['name']}")
-                children.append({"run_id": child.info.run_id, "name": cell["name"], **_headline(scores)})
-    return {"mlflow_run_id": run.info.run_id, "experiment": recipe.experiment_name, "children": children}
+                tracking.log_training(result["stage1"], loss_history(result["stage1"]), "stage1")
+                metrics = role_metrics(result["dev"])
+                singles = [v["dev"]["mean_task"] for v in result["variants"]]
+                if cell["merged"]:
+                    metrics["dev_best_single_mean_task"] = max(singles)
+                    metrics["dev_merge_gain"] = result["dev"]["mean_task"] - max(singles)
+                    tracking.write_json_artifact(result["merge"], "merge/provenance.json")
+                tracking.log_metrics(metrics)
+                children.append({"run_id": child.info.run_id, "kind": "cell", "name": cell["name"],
+                                 "axes": cell["axes"], "dev_mean_task": result["dev"].get("mean_task")})
+    return {"mlflow_run_id": run.info.run_id, "experiment": recipe.experiment_name,
+            "tracking_uri": tracking_uri(), "children": children}
+
+
+def tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def _headline(scores: dict) -> dict:

@@ -25,9 +25,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from embedpipe.orchestration import steps
@@ -199,31 +196,3 @@ def cell_results(plan: dict, reports: list[dict]) -> list[dict]:
             dev, merge = behind[0]["dev"], None
         out.append({"cell": cell, "dev": dev, "merge": merge, "stage1": report["stage1"], "variants": behind})
     return out
-
-
-def train_and_merge(cell: dict, recipe_json: str, records_dir: str, init_model: str, out_dir: str,
-                    run_id: str = "") -> dict:
-    """Train the cell's merge set of stage-2 variants from its stage-1 model, in turn, and merge them (each variant
-    checkpoints under the run's artifact prefix, so a retried cell resumes). For one cell outside a grid (the
-    ablation pipeline plans shared steps instead: :func:`plan_grid`)."""
-    recipe = steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
-    variants = {v["name"]: v for v in steps.stage2_variants(recipe)}
-    work = Path(tempfile.mkdtemp(prefix="embedpipe-cell-", dir=os.environ.get("EMBEDPIPE_WORK_DIR")))
-    try:
-        summaries, dirs = [], []
-        for name in cell["merge_set"]:
-            target = work / name
-            summaries.append({"variant": variants[name],
-                              **steps.train(recipe, "stage2", records_dir, init_model, target, variant=variants[name],
-                                            checkpoint_dir=steps.checkpoint_folder(recipe, run_id, cell["name"],
-                                                                                   "stage2", name))})
-            dirs.append(str(target))
-        merged = steps.merge(recipe, dirs, out_dir) if len(dirs) > 1 else _copy_single(dirs[0], out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return {"cell": cell, "stage2": summaries, "merge": merged}
-
-
-def _copy_single(src: str, out_dir: str) -> dict:
-    shutil.copytree(src, out_dir, dirs_exist_ok=True)
-    return {"merged": 1, "note": "a merge set of one variant is that variant"}

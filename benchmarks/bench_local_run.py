@@ -37,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from embedpipe.orchestration.local_runner import run_local
+    from embedpipe.pipelines import build_full_pipeline
     from embedpipe.recipe import load_recipe
 
     with tempfile.TemporaryDirectory(prefix="bench-local-run-") as tmp:
@@ -44,7 +45,7 @@ def main() -> None:
         os.environ["EMBEDPIPE_STEP_CACHE"] = str(base / "step-cache")  # no teacher-embedding cache from earlier runs
         recipe = load_recipe(args.recipe, args.overrides)
         started = time.perf_counter()
-        first = run_local(recipe, run_name="bench", base=base, cache=True)
+        first = run_local(recipe, build_full_pipeline, run_name="bench", base=base, cache=True)
         wall = time.perf_counter() - started
         runs = sorted((base / ".embedpipe" / "runs" / "kfp").glob("embedpipe-full-*"))
         steps = step_outputs(runs[-1])
@@ -54,7 +55,7 @@ def main() -> None:
         stage2 = (sum(loop) if recipe.pipeline.stage2_parallelism == 1 else max(loop)) if loop else 0.0
         compute = sum(v for k, v in per_step.items() if not k.startswith("for-loop")) + stage2
         started = time.perf_counter()
-        run_local(recipe, run_name="bench-cached", base=base, cache=True)
+        run_local(recipe, build_full_pipeline, run_name="bench-cached", base=base, cache=True)
         cached = time.perf_counter() - started
 
     print(f"recipe {recipe.name}: full pipeline on {os.cpu_count()} cores")

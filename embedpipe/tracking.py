@@ -70,6 +70,261 @@ def check_tracking_uri(tracking_uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"MLflow store {tracking_uri}: {folder} is not writable")
 
 
+# ------------------------------------------------------------------------------------------- pipeline runs
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # how MLflow 3.x's UI files an experiment (GenAI vs model training)
+MODEL_TRAINING_KIND = "custom_model_development"
+KFP_RUN_TAG = "embedpipe.kfp_run_id"  # the pipeline run a parent belongs to: how every step finds its parent
+KIND_TAG = "embedpipe.kind"  # pipeline | training | cell
+JOB_TAG = "embedpipe.job"  # a training job's key within its pipeline run (stage1, stage2/mix-a, <cell>/stage2/mix-a)
+STAGE_TAG = "embedpipe.stage"
+CELL_TAG = "embedpipe.cell"
+VARIANT_TAG = "embedpipe.variant"
+CACHED_TAG = "embedpipe.cached"  # a child recorded from a cached step's summary (it did not train in this run)
+RUN_ID_ENV = "MLFLOW_RUN_ID"  # MLflow's own: ``mlflow.start_run()`` resumes this run (training's worker processes)
+
+
+def _client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created when missing, filed under MLflow's model-training view.
+
+    MLflow 3.x's UI files an experiment by its ``mlflow.experimentKind`` tag (``genai_development`` or
+    ``custom_model_development``; untagged, it guesses, and lands a new user on the GenAI overview); MLflow 3.5+
+    also has a GenAI / machine-learning switch in the side bar, which :func:`ui_url` sets with ``?workflowType=``."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException:  # another step created it meanwhile
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def ui_url(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
+    """Where to look in MLflow's UI: the experiment's training runs (or one run) in the machine-learning view. For
+    a local store, the ``mlflow ui`` command that serves it, then the path on that server."""
+    path = f"#/experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "/runs") + \
+        "?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{path}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}  then  http://127.0.0.1:5000/{path}"
+
+
+def pipeline_run_name(recipe_name: str, run_name: str = "", kfp_run_name: str = "") -> str:
+    """``<recipe> · <run>``: the run's given name, else the pipeline run's (KFP: ``embedpipe-full-<timestamp>``)."""
+    import time
+
+    label = run_name or (kfp_run_name if kfp_run_name and "{{" not in kfp_run_name else "") or \
+        time.strftime("%Y-%m-%d-%H%M%S", time.gmtime())
+    return f"{recipe_name} · {label}"
+
+
+def _source_tags(pipeline: str, recipe_name: str) -> dict[str, str]:
+    """What MLflow shows as a run's source (left alone it is the KFP ``executor`` script)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+
+    return {MLFLOW_SOURCE_NAME: f"embedpipe {pipeline} pipeline ({recipe_name})", MLFLOW_SOURCE_TYPE: "JOB"}
+
+
+def open_pipeline_run(recipe, pipeline: str, kfp_run_id: str, run_name: str = "", kfp_run_name: str = "") -> str:
+    """The pipeline's parent run, opened by its first step: named ``<recipe> · <run>``, the recipe as params, tagged
+    with the KFP run id (the later steps find it by that). A retried first step gets the run it opened before."""
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    exp_id = experiment_id(recipe.experiment_name)
+    existing = find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    if existing:
+        return existing
+    name = pipeline_run_name(recipe.name, run_name, kfp_run_name)
+    client = _client()
+    run = client.create_run(exp_id, run_name=name, tags={
+        MLFLOW_RUN_NAME: name, KFP_RUN_TAG: kfp_run_id, KIND_TAG: "pipeline", "embedpipe.pipeline": pipeline,
+        "embedpipe.recipe": recipe.name, **_source_tags(pipeline, recipe.name)})
+    params = [Param(k, v) for k, v in params_of(recipe).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def find_pipeline_run(experiment_name: str, kfp_run_id: str) -> str | None:
+    """The parent run of pipeline run ``kfp_run_id`` (None: no such run, or no run id)."""
+    if not kfp_run_id or "{{" in kfp_run_id:
+        return None
+    client = _client()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' and tags.`{KIND_TAG}` = 'pipeline'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def latest_pipeline_run(experiment_name: str) -> str:
+    """The newest pipeline parent run of the experiment (``embedpipe compare --parent latest``)."""
+    client = _client()
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiment else []
+    if not runs:
+        raise TrackingError(f"experiment {experiment_name!r} has no pipeline run (at {client.tracking_uri})")
+    return runs[0].info.run_id
+
+
+def children(parent_run_id: str, kind: str | None = None) -> list:
+    """The parent's child runs (``kind``: only ``training`` or ``cell`` ones), oldest first."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    filter_string = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if kind:
+        filter_string += f" and tags.`{KIND_TAG}` = '{kind}'"
+    return client.search_runs([parent.info.experiment_id], filter_string=filter_string,
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+
+
+def close_pipeline_run(parent_run_id: str, failed: bool = False) -> dict:
+    """End the parent now (its duration: the first step's start to the last step's end). Children still RUNNING
+    belong to steps that died without ending them (killed, out of memory): they end FAILED."""
+    client = _client()
+    killed = [c.info.run_id for c in children(parent_run_id) if c.info.status == "RUNNING"]
+    for run_id in killed:
+        client.set_tag(run_id, "embedpipe.failure", "the step ended without closing its run (killed?)")
+        client.set_terminated(run_id, "FAILED")
+    client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
+    run = client.get_run(parent_run_id)
+    return {"status": run.info.status, "seconds": round((run.info.end_time - run.info.start_time) / 1000, 2),
+            "ended_failed_children": killed}
+
+
+def fail_open_pipeline_runs(experiment_name: str, since_ms: int, reason: str) -> list[str]:
+    """End FAILED the parents still RUNNING that started at or after ``since_ms``: a pipeline that failed before its
+    tracking step (the local runner calls this when kfp.local raises)."""
+    client = _client()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and attributes.status = 'RUNNING' "
+                                            f"and attributes.start_time >= {int(since_ms)}")
+    for run in runs:
+        client.set_tag(run.info.run_id, "embedpipe.failure", reason[:5000])
+        close_pipeline_run(run.info.run_id, failed=True)
+    return [r.info.run_id for r in runs]
+
+
+def job_key(stage: str, variant: dict | None = None, cell: str | None = None) -> str:
+    """A training job's key in its pipeline run: ``stage1``, ``stage2/<variant>``, ``<cell>/stage2/<variant>``."""
+    parts = ([cell] if cell else []) + [stage] + ([str(variant.get("name") or "variant")] if variant else [])
+    return "/".join(parts)
+
+
+def find_child(parent_run_id: str, job: str):
+    """The child run of training job ``job`` under the parent (the last one opened), or None."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{JOB_TAG}` = '{job}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def log_job_metrics(recipe, kfp_run_id: str, job: str, metrics: dict[str, float]) -> str | None:
+    """Metrics (e.g. a stage-2 model's dev scores) into training job ``job``'s child run of pipeline run
+    ``kfp_run_id``, when the step that scores it runs; returns the child's id (None: no parent or no such child, as
+    for a bare run or a training step taken from KFP's cache: the tracking step logs them then)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    if not kfp_run_id or "{{" in kfp_run_id:
+        return None
+    setup(recipe.pipeline.mlflow_tracking_uri)
+    parent = find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    child = find_child(parent, job) if parent else None
+    if child is None:
+        return None
+    now = int(time.time() * 1000)
+    values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+    if values:
+        _client().log_batch(child.info.run_id, metrics=values)
+    return child.info.run_id
+
+
+@contextmanager
+def training_run(recipe, kfp_run_id: str, stage: str, variant: dict | None = None,
+                 cell: str | None = None) -> Iterator[Any]:
+    """A training job's own child run of its pipeline's parent, active while it trains: the training loop's metrics
+    (loss, lr, grad norm, tokens/s, MFU on GPU) go there live. An exception ends it FAILED with what it logged.
+
+    Without a parent to join (no KFP run id, no parent opened: a bare ``embedpipe train``), nothing is opened.
+    Worker processes the job starts find the run in ``MLFLOW_RUN_ID`` (:func:`resumed_run`)."""
+    if not kfp_run_id or "{{" in kfp_run_id or active():
+        yield None
+        return
+    import mlflow
+
+    setup(recipe.pipeline.mlflow_tracking_uri)
+    parent = find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    if parent is None:
+        log.warning("no MLflow parent run for pipeline run %s in %s: training untracked", kfp_run_id,
+                    recipe.experiment_name)
+        yield None
+        return
+    job = job_key(stage, variant, cell)
+    name = job.replace("/", " · ")
+    tags = {JOB_TAG: job, KIND_TAG: "training", STAGE_TAG: stage, "embedpipe.recipe": recipe.name,
+            **_source_tags("training", recipe.name)}
+    if variant:
+        tags[VARIANT_TAG] = str(variant.get("name") or "variant")
+    if cell:
+        tags[CELL_TAG] = cell
+    mlflow.set_experiment(experiment_id=experiment_id(recipe.experiment_name))
+    with mlflow.start_run(run_name=name, parent_run_id=parent, nested=True, tags=tags) as run:
+        if variant:
+            log_params({f"variant.{k}": v for k, v in variant.items()})
+        with _environ({RUN_ID_ENV: run.info.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}):
+            yield run
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    previous = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def resumed_run(rank: int = 0) -> Iterator[Any]:
+    """In a training worker process: rank 0 logs into the run its launcher opened (``MLFLOW_RUN_ID``), if any."""
+    run_id = os.environ.get(RUN_ID_ENV)
+    if rank != 0 or not run_id or active():
+        yield None
+        return
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
 def params_of(recipe) -> dict[str, str]:
     """The recipe flattened into ``section.key`` parameters, long values cut to MLflow's limit."""
     return {k: (v if len(v) <= MAX_PARAM_CHARS else v[: MAX_PARAM_CHARS - 3] + "...") for k, v in recipe.flat_params().items()}
@@ -81,7 +336,7 @@ def recipe_run(recipe, run_name: str | None = None, parent_run_id: str | None = 
     """Open a run in the recipe's experiment (a child of ``parent_run_id`` when given) with the recipe as params."""
     import mlflow
 
-    mlflow.set_experiment(recipe.experiment_name)
+    mlflow.set_experiment(experiment_id=experiment_id(recipe.experiment_name))
     with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, nested=parent_run_id is not None,
                           tags={"embedpipe.recipe": recipe.name, **(tags or {})}) as run:
         log_params({**params_of(recipe), **{k: str(v) for k, v in (params or {}).items()}})
@@ -250,68 +505,232 @@ def differing_params(frame) -> list[str]:
     return [c for c in cols if frame[c].astype(str).nunique(dropna=False) > 1]
 
 
+SCORE_ROLES = ("dev", "test")  # evaluation logs <role>_<metric>: dev tasks (selection) and test tasks (the report)
+NOT_TASK_METRICS = {"mean_task", "mean_task_type", "borda_rank", "best_single_mean_task", "merge_gain"}
+MERGED_LABEL = "merged"
+
+
+def _value(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _kind_of(row) -> str:
+    """cell | stage1 | stage2 | merged | run: what a compared run is (tags, else its ablation params)."""
+    kind = _value(row.get(f"tags.{KIND_TAG}"))
+    stage = _value(row.get(f"tags.{STAGE_TAG}"))
+    if kind == "cell" or stage == "cell" or any(_value(row.get(c)) is not None for c in row.index
+                                                   if str(c).startswith("params.ablation.")):
+        return "cell"
+    if stage in ("stage1", "stage2"):
+        return stage
+    return "run"
+
+
+def default_metrics(columns) -> list[str]:
+    """The headline scores present: dev and test Mean(Task) / Mean(TaskType), the merge gain, the older names."""
+    present = [c[len("metrics."):] for c in columns if c.startswith("metrics.")]
+    wanted = [f"{role}_{name}" for role in SCORE_ROLES for name in ("mean_task", "mean_task_type")]
+    wanted += ["dev_best_single_mean_task", "dev_merge_gain", "mean_task", "mean_task_type", "eval.mean_task"]
+    chosen = [m for m in wanted if m in present]
+    chosen += [m for m in present if m.startswith("borda") and m not in chosen]
+    return chosen or present[:6]
+
+
+def plot_metric(metrics: list[str]) -> str | None:
+    """The metric the plot shows: the first of dev, test, then any Mean(Task) among ``metrics``."""
+    for name in ("dev_mean_task", "test_mean_task", "mean_task", "eval.mean_task"):
+        if name in metrics:
+            return name
+    return metrics[0] if metrics else None
+
+
+def borda_among(frame, names: list[str]) -> dict[str, dict[str, int]]:
+    """Per role, the Borda rank of the runs over that role's per-task scores (``<role>_<Task>`` metrics), computed as
+    mteb's leaderboard does (embedpipe.evaluation.leaderboard.borda_rank); runs without scores are left out."""
+    import pandas as pd
+
+    from embedpipe.evaluation.leaderboard import borda_rank
+
+    out: dict[str, dict[str, int]] = {}
+    for role in SCORE_ROLES:
+        prefix = f"metrics.{role}_"
+        tasks = [c for c in frame.columns if c.startswith(prefix) and c[len(prefix):] not in NOT_TASK_METRICS
+                 and not c[len(prefix):].startswith("type.")]
+        if not tasks:
+            continue
+        table = pd.DataFrame(frame[tasks].to_numpy(dtype=float), index=names, columns=[t[len(prefix):] for t in tasks])
+        table = table.dropna(how="all")
+        if len(table) >= 2:
+            out[role] = {name: int(rank) for name, rank in borda_rank(table).items()}
+    return out
+
+
+def merge_gains(frame, names: list[str], kinds: list[str]) -> list[dict]:
+    """Merged vs the best single checkpoint, per role: an ablation cell's own ``dev_best_single_mean_task`` when it
+    logged one, else the merged model's score against the best stage-2 variant's among the compared runs."""
+    out = []
+    for i, kind in enumerate(kinds):
+        row = frame.iloc[i]
+        best = _value(row.get("metrics.dev_best_single_mean_task"))
+        merged = _value(row.get("metrics.dev_mean_task"))
+        if kind == "cell" and best is not None and merged is not None:
+            out.append({"run": names[i], "role": "dev", "merged": float(merged), "best_single": float(best),
+                        "best_single_run": None, "gain": float(merged) - float(best)})
+    for role in SCORE_ROLES:
+        column = f"metrics.{role}_mean_task"
+        if column not in frame or MERGED_LABEL not in kinds:
+            continue
+        merged = _value(frame[column].iloc[kinds.index(MERGED_LABEL)])
+        singles = [(float(frame[column].iloc[i]), names[i]) for i, k in enumerate(kinds)
+                   if k == "stage2" and _value(frame[column].iloc[i]) is not None]
+        if merged is not None and singles:
+            best, best_name = max(singles)
+            out.append({"run": names[kinds.index(MERGED_LABEL)], "role": role, "merged": float(merged),
+                        "best_single": best, "best_single_run": best_name, "gain": float(merged) - best})
+    return out
+
+
+def axes_summary(frame, names: list[str], kinds: list[str], metric: str | None) -> dict[str, dict]:
+    """Per ablation axis (``params.ablation.<axis>`` of the cells): each value's cells and mean score, and the recipe
+    parameters that the axis changes (those that differ between its values and are one value within each)."""
+    cells = [i for i, k in enumerate(kinds) if k == "cell"]
+    if not cells:
+        return {}
+    sub = frame.iloc[cells]
+    column = f"metrics.{metric}" if metric else None
+    out = {}
+    for axis_col in sorted(c for c in frame.columns if c.startswith("params.ablation.")):
+        values = sub[axis_col].astype(str)
+        if values.nunique() < 2:
+            continue
+        changes = []
+        for c in differing_params(sub):
+            if c.startswith("params.ablation.") or c == axis_col:
+                continue
+            per_value = sub.groupby(values)[c].agg(lambda v: v.astype(str).nunique())
+            if (per_value == 1).all() and sub[c].astype(str).nunique() > 1:
+                changes.append(c[len("params."):])
+        groups = {}
+        for value in dict.fromkeys(values):
+            rows = [cells[j] for j, v in enumerate(values) if v == value]
+            scores = [float(frame[column].iloc[r]) for r in rows
+                      if column and column in frame and _value(frame[column].iloc[r]) is not None]
+            groups[value] = {"runs": [names[r] for r in rows],
+                             "mean": sum(scores) / len(scores) if scores else None,
+                             "best": max(scores) if scores else None}
+        out[axis_col[len("params.ablation."):]] = {"changes": changes, "values": groups}
+    return out
+
+
 def compare_runs(experiment_name: str, out_png: str | os.PathLike | None = None, parent_run_id: str | None = None,
                  metrics: list[str] | None = None, include_children: bool = False) -> dict:
-    """Runs of an experiment side by side: only the differing params and the chosen (default: mean) metrics.
+    """Runs of an experiment side by side: the differing params, the chosen (default: the dev and test headline)
+    metrics, per ablation axis what it changes and scores, merged vs best single, and Borda among the runs.
 
-    Returns ``{"runs": [...names], "params": {name: [values]}, "metrics": {name: [values]}, "plot": path|None}``.
+    With a parent: its children (training jobs, ablation cells) and, when the parent holds scores, the merged model
+    (the parent itself). Returns ``{"runs", "run_ids", "kinds", "params", "metrics", "plot_metric", "axes",
+    "merge", "borda", "plot"}``; ``plot`` is the PNG (one bar per run for the plot metric) or None.
     """
+    import pandas as pd
+
     frame = runs_frame(experiment_name, parent_run_id, include_children)
+    if parent_run_id:
+        parent = runs_frame(experiment_name)
+        parent = parent[parent["run_id"] == parent_run_id]
+        if not parent.empty and any(_value(parent[c].iloc[0]) is not None for c in parent.columns
+                                    if c.startswith("metrics.") and c[len("metrics."):] in default_metrics(parent.columns)
+                                    and "mean_task" in c):
+            frame = pd.concat([frame, parent], ignore_index=True)
     if frame.empty:
-        raise TrackingError(f"experiment {experiment_name!r} has no runs to compare")
+        raise TrackingError(f"experiment {experiment_name!r} has no runs to compare"
+                            + (f" under parent run {parent_run_id}" if parent_run_id else ""))
     names = [str(n) if isinstance(n, str) and n else str(r)[:8]
              for n, r in zip(frame.get("tags.mlflow.runName", frame["run_id"]), frame["run_id"])]
-    metric_cols = [c for c in frame.columns if c.startswith("metrics.")]
+    kinds = [MERGED_LABEL if parent_run_id and run_id == parent_run_id else _kind_of(row)
+             for run_id, (_, row) in zip(frame["run_id"], frame.iterrows())]
     if metrics:
-        chosen = [f"metrics.{m}" for m in metrics if f"metrics.{m}" in frame]
+        missing = [m for m in metrics if f"metrics.{m}" not in frame]
+        if len(missing) == len(metrics):
+            have = sorted(c[len("metrics."):] for c in frame.columns if c.startswith("metrics."))
+            raise TrackingError(f"none of the metrics {metrics} was logged by these runs; they have: "
+                                f"{', '.join(have[:40]) or 'no metrics'}")
+        chosen = [m for m in metrics if m not in missing]
     else:
-        chosen = [c for c in metric_cols if c.split(".", 1)[1] in ("mean_task", "mean_task_type", "borda_rank")
-                  or c.startswith(("metrics.mean", "metrics.borda"))]
-        chosen = chosen or metric_cols[:6]
+        chosen = default_metrics(frame.columns)
+    metric = chosen[0] if metrics else plot_metric(chosen)
     result = {
         "runs": names,
         "run_ids": list(frame["run_id"]),
-        "params": {c[len("params."):]: [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-                                        for v in frame[c]] for c in differing_params(frame)},
-        "metrics": {c[len("metrics."):]: [None if v is None or math.isnan(v) else float(v) for v in frame[c]]
-                    for c in chosen},
+        "kinds": kinds,
+        "params": {c[len("params."):]: [None if _value(v) is None else str(v) for v in frame[c]]
+                   for c in differing_params(frame)},
+        "metrics": {m: [None if _value(v) is None else float(v) for v in frame[f"metrics.{m}"]] for m in chosen},
+        "plot_metric": metric,
+        "axes": axes_summary(frame, names, kinds, metric),
+        "merge": merge_gains(frame, names, kinds),
+        "borda": borda_among(frame, names),
         "plot": None,
     }
-    if out_png and result["metrics"]:
+    if out_png and metric and any(v is not None for v in result["metrics"][metric]):
         result["plot"] = str(plot_scores(result, out_png, title=experiment_name))
     return result
 
 
-def plot_scores(comparison: dict, path: str | os.PathLike, title: str = "") -> Path:
-    """Grouped bars: one group per run (variant), one bar per metric."""
-    import matplotlib
+KIND_COLORS = {"cell": "#4C72B0", "stage2": "#DD8452", "stage1": "#8C8C8C", MERGED_LABEL: "#55A868", "run": "#4C72B0"}
+KIND_LABELS = {"cell": "ablation cell", "stage2": "stage-2 variant", "stage1": "stage 1", MERGED_LABEL: "merged model",
+               "run": "run"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
 
-    runs, metrics = comparison["runs"], comparison["metrics"]
-    x = np.arange(len(runs))
-    width = 0.8 / max(1, len(metrics))
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(runs) + 2), 4))
-    for i, (name, values) in enumerate(metrics.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, [v if v is not None else 0.0 for v in values], width, label=name)
-    ax.set_xticks(x)
-    ax.set_xticklabels(runs, rotation=20, ha="right")
-    ax.set_ylabel("score")
-    ax.set_title(f"scores per variant: {title}" if title else "scores per variant")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+def score_figure(comparison: dict, metric: str | None = None, title: str = ""):
+    """The comparison as a matplotlib Figure: one horizontal bar per run (that has the metric) for ``metric``, its
+    value at the bar's end, bars coloured by kind with the legend outside the plot, labels and title inside the
+    figure (the figure grows to fit the longest run name; the title wraps)."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metric = metric or comparison.get("plot_metric") or next(iter(comparison["metrics"]))
+    values = comparison["metrics"][metric]
+    kinds = comparison.get("kinds") or ["run"] * len(values)
+    rows = [(n, v, k) for n, v, k in zip(comparison["runs"], values, kinds) if v is not None]
+    longest = max((len(n) for n, _, _ in rows), default=10)
+    width = min(22.0, max(8.0, 5.5 + 0.075 * longest))
+    fig = Figure(figsize=(width, 1.9 + 0.42 * max(1, len(rows))), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # no display needed
+    ax = fig.add_subplot()
+    y = list(range(len(rows)))[::-1]  # the first run at the top
+    bars = ax.barh(y, [v for _, v, _ in rows], color=[KIND_COLORS.get(k, "#4C72B0") for _, _, k in rows], height=0.6)
+    ax.set_yticks(y, [n for n, _, _ in rows], fontsize=9)
+    ax.bar_label(bars, labels=[f"{v:.4f}" for _, v, _ in rows], padding=3, fontsize=8)
+    high = max((v for _, v, _ in rows), default=1.0)
+    low = min((v for _, v, _ in rows), default=0.0)
+    ax.set_xlim(min(0.0, low * 1.25), (high if high > 0 else 1.0) * 1.22)
+    ax.set_xlabel(metric)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+    heading = f"{metric} per run" + (f": {title}" if title else "")
+    # over the whole figure, not the axes (which long run names push right), wrapped to the figure's width
+    fig.suptitle("\n".join(textwrap.wrap(heading, max(30, int(width * 9)))), fontsize=11)
+    seen = dict.fromkeys(k for _, _, k in rows)
+    if len(seen) > 1:
+        import matplotlib.patches as mpatches
+
+        handles = [mpatches.Patch(color=KIND_COLORS.get(k, "#4C72B0"), label=KIND_LABELS.get(k, k)) for k in seen]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    return fig
+
+
+def plot_scores(comparison: dict, path: str | os.PathLike, title: str = "", metric: str | None = None) -> Path:
+    """Write :func:`score_figure` as a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    score_figure(comparison, metric, title).savefig(path)
     return path
 
 
 def comparison_table(comparison: dict):
-    """A rich Table: a column per run, a row per differing parameter then per metric."""
+    """A rich Table: a column per run, a row per differing parameter, then per metric, then Borda per role."""
     from rich.table import Table
 
     table = Table(title="runs side by side (parameters that differ, then scores)")
@@ -324,7 +743,41 @@ def comparison_table(comparison: dict):
         table.add_section()
     for key, values in comparison["metrics"].items():
         table.add_row(key, *["-" if v is None else f"{v:.4f}" for v in values], style="cyan")
+    for role, ranks in (comparison.get("borda") or {}).items():
+        table.add_row(f"Borda rank ({role} tasks)", *[str(ranks.get(n, "-")) for n in comparison["runs"]],
+                      style="magenta")
     return table
+
+
+def comparison_tables(comparison: dict) -> list:
+    """Everything ``embedpipe compare`` prints: the side-by-side table, one table per ablation axis, and merged vs
+    best single."""
+    from rich.table import Table
+
+    out = [comparison_table(comparison)]
+    metric = comparison.get("plot_metric") or "score"
+    for axis, info in (comparison.get("axes") or {}).items():
+        changes = ", ".join(info["changes"]) or "no recipe parameter (the grid's own setting)"
+        table = Table(title=f"axis {axis!r}: changes {changes}")
+        table.add_column(axis, style="bold")
+        table.add_column(f"mean {metric}", justify="right")
+        table.add_column(f"best {metric}", justify="right")
+        table.add_column("runs", overflow="fold")
+        ranked = sorted(info["values"].items(), key=lambda kv: -(kv[1]["mean"] if kv[1]["mean"] is not None else -1e9))
+        for value, group in ranked:
+            table.add_row(value, "-" if group["mean"] is None else f"{group['mean']:.4f}",
+                          "-" if group["best"] is None else f"{group['best']:.4f}", ", ".join(group["runs"]))
+        out.append(table)
+    if comparison.get("merge"):
+        table = Table(title="merged vs best single checkpoint")
+        for column in ("run", "role", "merged", "best single", "gain"):
+            table.add_column(column, justify="left" if column in ("run", "role") else "right")
+        for m in comparison["merge"]:
+            best = f"{m['best_single']:.4f}" + (f" ({m['best_single_run']})" if m.get("best_single_run") else "")
+            table.add_row(m["run"], m["role"], f"{m['merged']:.4f}", best, f"{m['gain']:+.4f}",
+                          style="green" if m["gain"] >= 0 else "red")
+        out.append(table)
+    return out
 
 
 def write_json_artifact(value: Any, artifact_file: str) -> None:

@@ -14,7 +14,7 @@ from embedpipe.components.merge.component import merge_cells
 from embedpipe.components.mining.component import mine
 from embedpipe.components.plan.component import ablation_report, plan_ablation
 from embedpipe.components.sdg.component import synthesize
-from embedpipe.components.track.component import track_ablation
+from embedpipe.components.track.component import track_ablation, track_open
 from embedpipe.components.train.component import train_stage1, train_stage2
 from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
 
@@ -28,24 +28,30 @@ def _unit(unit: dict) -> str:
     return json.dumps({"name": unit["name"], "overrides": unit["overrides"]}, sort_keys=True)
 
 
-def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings(), plan: dict | None = None):
-    """The pipeline for one grid's ``plan`` (:func:`embedpipe.orchestration.ablation.plan_grid` of the recipe it is
-    compiled for); the run checks that the recipe it is given has that plan."""
+def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
+    """The pipeline for the grid's plan in ``settings`` (:func:`embedpipe.orchestration.ablation.plan_grid` of the
+    recipe it is compiled for; without one, the default recipe's single cell); the run checks that the recipe it is
+    given has that plan."""
     import json
 
     from embedpipe.orchestration.ablation import training_lanes
 
+    plan = settings.plan
     if plan is None:
         from embedpipe.orchestration.ablation import plan_grid
         from embedpipe.recipe import Recipe
 
-        plan = plan_grid(Recipe(name="default"))
+        plan = plan_grid(Recipe.model_validate({"name": "default", "model": {"base": "base-model"}}))
     lanes, stage2_parallelism = training_lanes(plan)
 
     @dsl.pipeline(name="embedpipe-ablation", description=__doc__.splitlines()[0])
     def ablation(recipe_json: str, run_name: str = "ablation") -> str:
+        tracking = with_mlflow(on_cpu(track_open(recipe_json=recipe_json, pipeline="ablation", kfp_run_id=RUN_ID,
+                                                 run_name=run_name, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                                      settings, "1", "1Gi"), settings)
+        tracking.set_caching_options(False).set_display_name("MLflow parent run")
         checked = on_cpu(plan_ablation(recipe_json=recipe_json, compiled_digest=plan["digest"]), settings, "1", "1Gi")
-        checked.set_display_name("grid plan")
+        checked.after(tracking).set_display_name("grid plan")
         fetched = with_models(on_cpu(download_models(recipe_json=recipe_json), settings, "4", "16Gi"), settings,
                               download=True).after(checked).set_display_name("hub download")
         data = with_models(on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
@@ -68,6 +74,7 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings(), plan:
             stage1 = on_gpus(train_stage1(recipe_json=recipe_json, records=records[unit["mining"]],
                                           overrides_json=_unit(unit), run_id=RUN_ID),
                              settings, settings.gpus_per_node, "16", "200Gi").set_display_name(f"stage 1 {unit['key']}")
+            with_mlflow(stage1, settings)  # the job logs into its own child run while it trains
             if lane_tail[lane] is not None:
                 stage1.after(lane_tail[lane])
             tail = stage1
@@ -78,9 +85,13 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings(), plan:
                                                   init_model=stage1.outputs["model"], variant_json=variant,
                                                   overrides_json=_unit(group), run_id=RUN_ID),
                                      settings, settings.gpus_per_node, "16", "200Gi").set_display_name("stage 2")
+                    with_mlflow(stage2, settings)
                     dev = on_gpus(evaluate(recipe_json=recipe_json, model=stage2.outputs["model"],
-                                           data=data.outputs["data"], overrides_json=_unit(group), role="dev"),
+                                           data=data.outputs["data"], overrides_json=_unit(group), role="dev",
+                                           run_id=RUN_ID, job_stage="stage2", job_cell=group["name"],
+                                           job_variant_json=variant),
                                   settings, 1).set_display_name("dev evaluation")
+                    with_mlflow(dev, settings)  # the scores go to the stage-2 job's child run
                 cells = [c for c in plan["cells"] if c["group"] == group["key"] and c["merged"]]
                 merged = None
                 if cells:
@@ -100,7 +111,7 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings(), plan:
             lane_tail[lane] = tail
 
         tracked = track_ablation(recipe_json=recipe_json, run_name=run_name, plan_json=json.dumps(plan),
-                                 reports_json=report.output)
+                                 reports_json=report.output, parent_run_id=tracking.output)
         with_mlflow(on_cpu(tracked, settings, "1", "4Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow parent + child runs")
         return tracked.outputs["Output"]

@@ -12,7 +12,7 @@ from embedpipe.components.merge.component import merge
 from embedpipe.components.mining.component import embed_corpus, mine
 from embedpipe.components.plan.component import plan_variants
 from embedpipe.components.sdg.component import synthesize, synthesize_generator
-from embedpipe.components.track.component import track_full
+from embedpipe.components.track.component import track_full, track_open
 from embedpipe.components.train.component import train_stage1, train_stage2
 from embedpipe.components.train_job.component import train_stage1_job, train_stage2_job
 from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
@@ -54,8 +54,12 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
 
     @dsl.pipeline(name="embedpipe-full", description=__doc__.splitlines()[0])
     def full(recipe_json: str, run_name: str = "") -> str:
+        tracking = with_mlflow(on_cpu(track_open(recipe_json=recipe_json, pipeline="full", kfp_run_id=RUN_ID,
+                                                 run_name=run_name, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
+                                      settings, "1", "1Gi"), settings)
+        tracking.set_caching_options(False).set_display_name("MLflow parent run")
         fetched = with_models(on_cpu(download_models(recipe_json=recipe_json), settings, "4", "16Gi"), settings,
-                              download=True).set_display_name("hub download")
+                              download=True).after(tracking).set_display_name("hub download")
         data = with_models(on_cpu(build_data(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
             .after(fetched).set_display_name("data build")
         sdg = sdg_steps(settings, recipe_json, data.outputs["data"], fetched)
@@ -67,10 +71,12 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                 embedded = on_gpus(embed_corpus(recipe_json=recipe_json, data=data.outputs["data"], shard=shard,
                                                 shards=n), settings, 1).set_display_name("corpus embedding")
             mined.after(embedded)
-        stage1 = train1(recipe_json, mined.outputs["records"]).set_display_name("stage 1")
-        plan = on_cpu(plan_variants(recipe_json=recipe_json), settings, "1", "1Gi").set_display_name("stage-2 runs")
+        stage1 = with_mlflow(train1(recipe_json, mined.outputs["records"]), settings).set_display_name("stage 1")
+        plan = on_cpu(plan_variants(recipe_json=recipe_json), settings, "1", "1Gi").after(tracking) \
+            .set_display_name("stage-2 runs")
         with dsl.ParallelFor(plan.output, name="stage2-runs", parallelism=settings.stage2_parallelism) as variant:
-            stage2 = train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant)
+            stage2 = with_mlflow(train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant),
+                                 settings)
             stage2.set_display_name("stage 2")
         merged = with_models(on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
                                data=data.outputs["data"]),
@@ -89,7 +95,8 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
         tracked = track_full(recipe_json=recipe_json, run_name=run_name, data=data.outputs["data"],
                              records=mined.outputs["records"], stage1_summary=stage1.outputs["Output"],
                              stage2_summaries=dsl.Collected(stage2.outputs["Output"]), merged=merged.outputs["merged"],
-                             merge_summary=merged.outputs["Output"], results=scores.outputs["results"])
+                             merge_summary=merged.outputs["Output"], results=scores.outputs["results"],
+                             parent_run_id=tracking.output)
         with_mlflow(on_cpu(tracked, settings, "2", "16Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow + KServe manifest")
         return tracked.outputs["Output"]

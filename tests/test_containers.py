@@ -79,6 +79,7 @@ def test_tiny_pipeline_in_containers_gives_the_in_process_scores(client, tmp_pat
     from test_pipeline_local_run import tiny_recipe
 
     from embedpipe.orchestration.local_runner import run_local
+    from embedpipe.pipelines import build_full_pipeline
     from embedpipe.recipe import load_recipe
 
     results = {}
@@ -88,7 +89,7 @@ def test_tiny_pipeline_in_containers_gives_the_in_process_scores(client, tmp_pat
         monkeypatch.chdir(folder)
         monkeypatch.setenv("EMBEDPIPE_STEP_CACHE", str(folder / "step-cache"))
         recipe = load_recipe(tiny_recipe(folder))
-        results[runner] = run_local(recipe, run_name=runner, runner=runner, cache=False)
+        results[runner] = run_local(recipe, build_full_pipeline, run_name=runner, runner=runner, cache=False)
     local, docker_run = results["local"], results["docker"]
     assert docker_run["runner"] == "docker"
     model = Path(docker_run["model_uri"])

@@ -121,3 +121,30 @@ def test_preflight_and_the_recipe_load_without_torch():
     code = ("import sys, embedpipe.orchestration.preflight, embedpipe.recipe; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+LAYERS = ("embedpipe.orchestration", ("embedpipe.pipelines", "embedpipe.components"), "embedpipe.cli")
+
+
+def _layer(module: str) -> int | None:
+    for rank, prefixes in enumerate(LAYERS):
+        if module.startswith(prefixes):
+            return rank
+    return None
+
+
+def test_the_top_layers_import_downward_only():
+    """orchestration -> pipelines / components -> cli: orchestration (compile, the local runner) is handed the
+    pipeline it builds or runs, and imports no pipeline, component or command."""
+    edges = _edges(_modules())
+    upward = sorted(f"{m} -> {t}" for m, targets in edges.items() for t in targets
+                    if _layer(m) is not None and _layer(t) is not None and _layer(t) > _layer(m))
+    assert upward == []
+    assert _layer("embedpipe.orchestration.compile") < _layer("embedpipe.pipelines.full") < _layer("embedpipe.cli")
+
+
+def test_an_upward_import_is_found(tmp_path):
+    """The layer check itself, on the edges it would see if compile imported the full pipeline again."""
+    edges = {"embedpipe.orchestration.compile": {"embedpipe.pipelines.full"}}
+    upward = [f"{m} -> {t}" for m, targets in edges.items() for t in targets if _layer(t) > _layer(m)]
+    assert upward == ["embedpipe.orchestration.compile -> embedpipe.pipelines.full"]

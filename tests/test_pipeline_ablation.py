@@ -4,7 +4,7 @@ training, dev scores on each, and params that differ only where the grid does.""
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import pytest
@@ -51,10 +51,11 @@ def test_compiled_ablation_pipeline_follows_the_plan():
     """One SDG and mining task for a loss axis, a stage-1 task per loss chained in one lane (parallelism 1), a
     stage-2 loop per group with parallelism 1, a merge per merged cell."""
     from embedpipe.orchestration.compile import compiled_documents
+    from embedpipe.pipelines import PIPELINES
 
     recipe = _recipe(["pipeline.ablation.losses=[hard_negative_infonce,in_batch]",
                       "pipeline.ablation.merge_sets=[[mix-a],[mix-a,mix-b]]"])
-    spec = compiled_documents("ablation", recipe)[0]
+    spec = compiled_documents(PIPELINES["ablation"], recipe)[0]
     tasks = spec["root"]["dag"]["tasks"]
     names = sorted(tasks)
     assert [n for n in names if n.startswith("synthesize")] == ["synthesize"]
@@ -106,11 +107,13 @@ def test_ablation_pipeline_end_to_end_in_mlflow(tmp_path, monkeypatch):
 
     from embedpipe import tracking
     from embedpipe.orchestration.local_runner import run_local
+    from embedpipe.pipelines import PIPELINES
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EMBEDPIPE_STEP_CACHE", str(tmp_path / "step-cache"))
     recipe = load_recipe(tiny_ablation_recipe(tmp_path))
-    result = run_local(recipe, pipeline="ablation", run_name="grid")
+    started_ms = int(time.time() * 1000)
+    result = run_local(recipe, PIPELINES["ablation"], run_name="grid")
 
     # kfp.local ran each distinct step once: one SDG and mining, a stage 1 per loss, each group's variants once
     run_dir = max((tmp_path / "runs" / "kfp").glob("embedpipe-ablation-*"), key=lambda p: p.stat().st_mtime)
@@ -124,32 +127,46 @@ def test_ablation_pipeline_end_to_end_in_mlflow(tmp_path, monkeypatch):
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [p.info.run_id for p in parents] == [result["mlflow_run_id"]]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result["mlflow_run_id"]]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.info.start_time >= started_ms
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1
-    cells = [r for r in children if r.data.tags.get("embedpipe.stage") == "cell"]
-    stage2 = [r for r in children if r.data.tags.get("embedpipe.stage") == "stage2"]
+    cells = [r for r in children if r.data.tags.get(tracking.KIND_TAG) == "cell"]
+    training = [r for r in children if r.data.tags.get(tracking.KIND_TAG) == "training"]
+    stage2 = [r for r in training if r.data.tags.get(tracking.STAGE_TAG) == "stage2"]
+    assert len(children) == len(cells) + len(training)
     assert sorted(r.info.run_name for r in cells) == sorted(
         f"loss={loss},sdg=recipe,merge={m}" for loss in ("hard_negative_infonce", "in_batch") for m in ("mix-a", "mix-a+mix-b"))
-    assert len(stage2) == 4
+    assert len(stage2) == 4 and len(training) == 4 + 2  # each stage-2 training and each stage 1 once, not per cell
+
+    # the tracking step is the last one: every training child (live while its step ran) and its dev scores (logged
+    # by the dev evaluation step) are older than it
+    track_started = max(r.info.start_time for r in cells)  # cell runs are created by the tracking step
+    client = mlflow.MlflowClient()
+    for run in stage2:
+        assert run.info.end_time is not None and run.info.end_time < min(r.info.start_time for r in cells)
+        assert "embedpipe.cached" not in run.data.tags  # it trained in this run, live
+        dev_history = client.get_metric_history(run.info.run_id, "dev_mean_task")
+        assert dev_history and dev_history[0].timestamp < min(r.info.start_time for r in cells)
+        losses = client.get_metric_history(run.info.run_id, "stage2.loss")
+        assert losses and max(m.timestamp for m in losses) < track_started
 
     for run in cells + stage2:  # dev scores on every cell and every stage-2 training, never test scores
         assert 0.0 <= run.data.metrics["dev_mean_task"] <= 1.0, run.info.run_name
         assert "dev_PydocRetrieval" in run.data.metrics
         assert not any(k.startswith(("test_", "eval.")) for k in run.data.metrics), run.info.run_name
-    for run in stage2:
-        assert "stage2.final_loss" in run.data.metrics or "stage2.loss" in run.data.metrics
     merged = [r for r in cells if r.data.params["ablation.merge_set"] == "mix-a+mix-b"]
-    assert all("dev_merge_gain" in r.data.metrics for r in merged)
+    assert len(merged) == 2 and all("dev_merge_gain" in r.data.metrics for r in merged)
     # a single-variant cell's dev score is its variant's (the same training, scored once)
-    single = {r.data.params["training.loss"]: r.data.metrics["dev_mean_task"] for r in cells
+    single = {r.data.params["ablation.loss"]: r.data.metrics["dev_mean_task"] for r in cells
               if r.data.params["ablation.merge_set"] == "mix-a"}
     for run in stage2:
-        if run.data.params["variant.name"] == "mix-a":
-            assert run.data.metrics["dev_mean_task"] == pytest.approx(single[run.data.params["training.loss"]])
+        if run.data.tags.get(tracking.VARIANT_TAG) == "mix-a":
+            assert run.data.metrics["dev_mean_task"] == pytest.approx(single[run.data.params["ablation.loss"]])
 
     def differing(group):
         keys = set().union(*(r.data.params for r in group))
         return {k for k in keys if len({r.data.params.get(k) for r in group}) > 1}
 
     assert differing(cells) == {"training.loss", "ablation.loss", "ablation.merge_set"}
-    assert differing(stage2) <= {"training.loss", "variant.name", "variant.learning_rate"}
+    assert differing(stage2) == {"ablation.loss", "variant.name", "variant.learning_rate"}

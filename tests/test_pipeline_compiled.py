@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from embedpipe.orchestration import compile as pipeline_compile
+from embedpipe.pipelines import PIPELINES
 from embedpipe.recipe import load_recipe, recipes_dir
 
 
@@ -15,8 +16,8 @@ def compiled():
     out = {}
     for name in pipeline_compile.COMMITTED_RECIPES:
         recipe = load_recipe(recipes_dir() / f"{name}.yaml")
-        for kind in pipeline_compile.PIPELINES:
-            out[(name, kind)] = pipeline_compile.compiled_documents(kind, recipe)
+        for kind, build in PIPELINES.items():
+            out[(name, kind)] = pipeline_compile.compiled_documents(build, recipe)
     return out
 
 
@@ -100,7 +101,7 @@ def test_ablation_pipeline_shape(compiled):
 def test_images_follow_the_recipe():
     recipe = load_recipe(recipes_dir() / "local.yaml", ["pipeline.image_registry=registry.example/ml",
                                                         "pipeline.image_tag=v2"])
-    spec = pipeline_compile.compiled_documents("full", recipe)[0]
+    spec = pipeline_compile.compiled_documents(PIPELINES["full"], recipe)[0]
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {f"registry.example/ml/embedpipe-{r}:v2" for r in ("base", "sdg", "train", "eval")}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from embedpipe.orchestration import compile as pipeline_compile
+from embedpipe.pipelines import PIPELINES
 from embedpipe.orchestration.hub import HubEntry, download, download_plan, is_hub_id
 from embedpipe.recipe import load_recipe, recipes_dir
 
@@ -13,7 +14,7 @@ from embedpipe.recipe import load_recipe, recipes_dir
 @pytest.fixture(scope="module")
 def paper():
     recipe = load_recipe(recipes_dir() / "llama-embed-nemotron-8b.yaml")
-    return recipe, {kind: pipeline_compile.compiled_documents(kind, recipe) for kind in pipeline_compile.PIPELINES}
+    return recipe, {kind: pipeline_compile.compiled_documents(build, recipe) for kind, build in PIPELINES.items()}
 
 
 def _env(executor: dict) -> dict:
@@ -66,7 +67,7 @@ def test_each_sdg_task_asks_for_its_generators_tensor_parallel_gpus(paper):
 
 def test_local_runs_get_no_hub_env():
     recipe = load_recipe(recipes_dir() / "local.yaml")
-    spec = pipeline_compile.compiled_documents("full", recipe)[0]
+    spec = pipeline_compile.compiled_documents(PIPELINES["full"], recipe)[0]
     assert _env(spec["deploymentSpec"]["executors"]["exec-synthesize"])["HF_HUB_OFFLINE"] == "1"  # recipe: offline
     assert "HF_HOME" not in _env(spec["deploymentSpec"]["executors"]["exec-synthesize"])  # no cache PVC locally
 
@@ -78,7 +79,7 @@ def test_the_kfp_local_flavour_sets_no_hub_env(tmp_path):
 
     recipe = load_recipe(recipes_dir() / "llama-embed-nemotron-8b.yaml")
     path = tmp_path / "p.yaml"
-    compiler.Compiler().compile(pipeline_compile.pipeline_function("full", recipe, local=True), str(path))
+    compiler.Compiler().compile(pipeline_compile.pipeline_function(PIPELINES["full"], recipe, local=True), str(path))
     spec = next(yaml.safe_load_all(path.read_text()))
     for name, executor in spec["deploymentSpec"]["executors"].items():
         assert not {"HF_HOME", "HF_HUB_OFFLINE"} & set(_env(executor)), name

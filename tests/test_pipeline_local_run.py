@@ -33,11 +33,12 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     from embedpipe import tracking
     from embedpipe.encoder import Encoder
     from embedpipe.orchestration.local_runner import run_local
+    from embedpipe.pipelines import build_full_pipeline
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EMBEDPIPE_STEP_CACHE", str(tmp_path / "step-cache"))
     recipe = load_recipe(tiny_recipe(tmp_path))
-    first = run_local(recipe, run_name="first")
+    first = run_local(recipe, build_full_pipeline, run_name="first")
 
     model = Path(first["model_uri"])
     assert model.is_dir() and str(model).startswith(str(tmp_path / "runs" / "tiny"))
@@ -58,22 +59,23 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     assert parent.data.metrics["mean_task"] == pytest.approx(scores["mean_task"])
     comparison = tracking.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
                                        metrics=["stage2.final_loss"])
-    assert comparison["runs"] == ["mix-a", "mix-b"]
-    assert comparison["params"]["variant.learning_rate"][1] == "2e-05"
+    assert comparison["runs"] == ["stage1", "stage2 · mix-a", "stage2 · mix-b"]  # a child per training job
+    assert comparison["params"]["variant.learning_rate"][2] == "2e-05"
     assert (tmp_path / "cmp.png").stat().st_size > 1000
 
     # the same inputs again: every step but the (uncached) tracking step comes from the cache
-    second = run_local(recipe, run_name="second")
+    second = run_local(recipe, build_full_pipeline, run_name="second")
     assert second["mlflow_run_id"] != first["mlflow_run_id"]
     assert second["seconds"] < first["seconds"] / 2
     assert json.loads(Path(second["scores_uri"]).read_text()) == scores
     runs = list((tmp_path / "runs" / "kfp").glob("embedpipe-full-*"))
     second_run = max(runs, key=lambda p: p.stat().st_mtime)
-    assert {p.name for p in second_run.iterdir()} <= {"track-full"}  # no step but tracking ran again
+    assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full"}  # no step but tracking ran again
 
 
 def test_preflight_reports_every_problem_before_running(tmp_path):
     from embedpipe.orchestration.local_runner import run_local
+    from embedpipe.pipelines import build_full_pipeline
     from embedpipe.orchestration.preflight import PreflightError
 
     path = tiny_recipe(tmp_path)
@@ -85,7 +87,7 @@ def test_preflight_reports_every_problem_before_running(tmp_path):
     tree["pipeline"]["s3_secure"] = False
     path.write_text(yaml.safe_dump(tree))
     with pytest.raises(PreflightError) as err:
-        run_local(load_recipe(path), base=tmp_path)
+        run_local(load_recipe(path), build_full_pipeline, base=tmp_path)
     message = str(err.value)
     assert "3 problems" in message
     assert f"data.sources[2] (mine).path: {tmp_path / 'missing.jsonl'} does not exist" in message

@@ -7,8 +7,6 @@ from embedpipe.orchestration.images import image
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
 def build_data(recipe_json: str, data: dsl.Output[dsl.Dataset]) -> str:
-    import json
-
     from embedpipe.orchestration import steps
 
-    return json.dumps(steps.build_data(steps.recipe_from_json(recipe_json), data.path), default=str)
+    return steps.build_data(steps.recipe_from_json(recipe_json), data.path).to_json()

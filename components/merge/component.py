@@ -10,12 +10,10 @@ from embedpipe.orchestration.images import image
 @dsl.component(base_image=image("base"), install_kfp_package=False)
 def merge(recipe_json: str, models: dsl.Input[List[dsl.Model]], data: dsl.Input[dsl.Dataset],
           merged: dsl.Output[dsl.Model]) -> str:
-    import json
-
     from embedpipe.orchestration import steps
 
     recipe = steps.recipe_from_json(recipe_json)
-    return json.dumps(steps.merge(recipe, [m.path for m in models], merged.path, data.path), default=str)
+    return steps.merge(recipe, [m.path for m in models], merged.path, data.path).to_json()
 
 
 @dsl.component(base_image=image("eval"), install_kfp_package=False)

@@ -10,20 +10,16 @@ from embedpipe.orchestration.images import image
 @dsl.component(base_image=image("sdg"), install_kfp_package=False)
 def synthesize(recipe_json: str, data: dsl.Input[dsl.Dataset], synthetic: dsl.Output[dsl.Dataset],
                overrides_json: str = "", generate: bool = True) -> str:
-    import json
-
     from embedpipe.orchestration import steps
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
-    return json.dumps(steps.synthesize(recipe, data.path, synthetic.path, generate=generate), default=str)
+    return steps.synthesize(recipe, data.path, synthetic.path, generate=generate).to_json()
 
 
 @dsl.component(base_image=image("sdg"), install_kfp_package=False)
 def synthesize_generator(recipe_json: str, data: dsl.Input[dsl.Dataset], generator: str,
                          shards: dsl.Output[dsl.Dataset], overrides_json: str = "") -> str:
-    import json
-
     from embedpipe.orchestration import steps
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
-    return json.dumps(steps.synthesize(recipe, data.path, shards.path, only_generator=generator), default=str)
+    return steps.synthesize(recipe, data.path, shards.path, only_generator=generator).to_json()

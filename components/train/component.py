@@ -18,8 +18,9 @@ def train_stage1(recipe_json: str, records: dsl.Input[dsl.Dataset], model: dsl.O
     init = steps.base_model_source(recipe, tempfile.mkdtemp(prefix="embedpipe-base-"))
     cell = json.loads(overrides_json) if overrides_json else {}  # an ablation cell: its own checkpoint folder
     parts = [cell["name"], "stage1"] if isinstance(cell, dict) and cell.get("name") else ["stage1"]
-    return json.dumps(steps.train(recipe, "stage1", records.path, init, model.path,
-                                  checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts)), default=str)
+    return steps.train(recipe, "stage1", records.path, init, model.path,
+                       checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts), kfp_run_id=run_id,
+                       cell=parts[0] if len(parts) > 1 else None).to_json()
 
 
 @dsl.component(base_image=image("train"), install_kfp_package=False)
@@ -31,10 +32,12 @@ def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: 
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     variant = json.loads(variant_json)
-    unit = json.loads(overrides_json) if overrides_json else {}  # an ablation unit: its own checkpoint folder
-    parts = [unit["name"]] if isinstance(unit, dict) and unit.get("name") else []
+    unit = json.loads(overrides_json) if overrides_json else {}  # an ablation unit: its own checkpoints and child run
+    cell = unit["name"] if isinstance(unit, dict) and unit.get("name") else None
     summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant,
-                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *parts, "stage2",
-                                                                 steps.variant_name(variant)))
+                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *([cell] if cell else []), "stage2",
+                                                                 steps.variant_name(variant)),
+                          kfp_run_id=run_id, cell=cell)
+    summary.variant = variant
     model.metadata["variant"] = steps.variant_name(variant)  # a merge picks its set from the Collected models by it
-    return json.dumps({"variant": variant, **summary}, default=str)
+    return summary.to_json()

@@ -19,6 +19,16 @@ def register(app: typer.Typer) -> None:
 PIPELINE_HELP = "Which pipeline: 'full' (data -> ... -> merged model) or 'ablation' (the pipeline.ablation grid)."
 
 
+def _builder(pipeline: str):
+    from embedpipe.pipelines import builder
+
+    try:
+        return builder(pipeline)
+    except ValueError as err:
+        typer.secho(f"error: --pipeline: {err}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 def _load(recipe: Path, overrides: list[str]):
     from embedpipe.recipe import RecipeError, load_recipe
 
@@ -49,10 +59,11 @@ def run(
     from embedpipe.orchestration.preflight import PreflightError
 
     console = Console()
+    build = _builder(pipeline)
     loaded = _load(recipe, overrides)
     console.rule(f"embedpipe {pipeline} pipeline: recipe {loaded.name!r}")
     try:
-        result = run_local(loaded, pipeline=pipeline, run_name=run_name, cache=not no_cache, runner=runner)
+        result = run_local(loaded, build, run_name=run_name, cache=not no_cache, runner=runner)
     except PreflightError as err:
         console.print(f"[red]pre-flight failed:[/red] {err}")
         raise typer.Exit(2) from None
@@ -85,14 +96,16 @@ def compile_(
     """Compile a pipeline to KFP IR YAML (with the Kubernetes platform spec: node selectors, tolerations, GPUs,
     secrets)."""
     from embedpipe.orchestration.compile import compile_committed, compile_pipeline
+    from embedpipe.pipelines import PIPELINES
 
     if recipe is None:
-        for path in compile_committed():
+        for path in compile_committed(PIPELINES):
             typer.echo(f"wrote {path}")
         return
+    build = _builder(pipeline)
     loaded = _load(recipe, overrides)
     out = output or Path(f"{loaded.name}-{pipeline}.yaml")
-    typer.echo(f"wrote {compile_pipeline(pipeline, loaded, out)}")
+    typer.echo(f"wrote {compile_pipeline(build, loaded, out)}")
 
 
 def submit(
@@ -111,6 +124,7 @@ def submit(
     from embedpipe.orchestration.compile import compile_pipeline
     from embedpipe.orchestration.preflight import PreflightError, preflight
 
+    build = _builder(pipeline)
     loaded = _load(recipe, overrides)
     endpoint = host or loaded.pipeline.kfp_host
     if not endpoint:
@@ -122,7 +136,7 @@ def submit(
         typer.secho(f"pre-flight failed: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(pipeline, loaded, Path(tmp) / f"{pipeline}.yaml")
+        package = compile_pipeline(build, loaded, Path(tmp) / f"{pipeline}.yaml")
         client = kfp.Client(host=endpoint)
         result = client.create_run_from_pipeline_package(
             str(package), arguments={"recipe_json": loaded.model_dump_json(), "run_name": run_name},
@@ -135,8 +149,10 @@ def compare(
     experiment: str = typer.Argument(None, help="MLflow experiment (default: the recipe's)."),
     recipe: Path = typer.Option(None, help="Take the experiment name and tracking URI from this recipe."),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: the recipe's, else $MLFLOW_TRACKING_URI)."),
-    parent: str = typer.Option(None, help="Compare the child runs of this parent run (an ablation, stage-2 runs)."),
-    metric: list[str] = typer.Option([], "--metric", help="Metrics to show (default: mean_task, mean_task_type, borda)."),
+    parent: str = typer.Option(None, help="Compare the child runs of this parent run (an ablation's cells, a "
+                                          "pipeline's training jobs); 'latest': the newest pipeline run."),
+    metric: list[str] = typer.Option([], "--metric", help="Metrics to show, the first one plotted (default: the dev "
+                                                          "and test Mean(Task) and Mean(TaskType), the merge gain)."),
     plot: Path = typer.Option(Path("compare.png"), help="Where to write the plot of scores per variant."),
     children: bool = typer.Option(False, help="Include child runs when no --parent is given."),
 ) -> None:
@@ -158,11 +174,15 @@ def compare(
         raise typer.Exit(2)
     tracking.setup(uri)
     try:
+        if parent == "latest":
+            parent = tracking.latest_pipeline_run(experiment)
         result = tracking.compare_runs(experiment, out_png=plot, parent_run_id=parent, metrics=metric or None,
                                        include_children=children)
     except tracking.TrackingError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    Console().print(tracking.comparison_table(result))
+    console = Console()
+    for table in tracking.comparison_tables(result):
+        console.print(table)
     if result["plot"]:
         typer.echo(f"plot: {result['plot']}")

@@ -164,7 +164,7 @@ def merge_cells(cells: list[dict], recipe_json: str, models: list[tuple[str, str
         target = Path(out_dir) / cell["key"]
         merged = steps.merge(recipe, [by_name[n] for n in cell["merge_set"]], target, data_dir)
         dev = steps.evaluate(recipe, target, data_dir, Path(out_dir) / f"{cell['key']}-dev", role="dev")
-        out.append({"cell": cell["name"], "merge": merged, "dev": dev})
+        out.append({"cell": cell["name"], "merge": merged.model_dump(), "dev": dev.model_dump()})
     return out
 
 

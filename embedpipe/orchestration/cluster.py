@@ -33,6 +33,8 @@ class ClusterSettings:
     eval_groups: int = 1  # MTEB evaluation pods (task groups), merged into one results folder
     hub_env: bool = True  # False for kfp.local runs: no cache volume there, the machine's own HF settings apply
     queue_name: str | None = None  # Kueue LocalQueue of every GPU pod
+    # the ablation grid's plan (embedpipe.orchestration.ablation.plan_grid, as JSON): the ablation pipeline unrolls it
+    ablation_plan: str = ""
 
     @classmethod
     def from_recipe(cls, recipe, local: bool = False) -> "ClusterSettings":
@@ -55,11 +57,27 @@ class ClusterSettings:
             eval_groups=recipe.evaluation.groups,
             hub_env=not local,
             queue_name=p.queue_name,
+            ablation_plan=_ablation_plan(recipe),
         )
+
+    @property
+    def plan(self) -> dict | None:
+        """The ablation plan (None for settings made without a recipe)."""
+        import json
+
+        return json.loads(self.ablation_plan) if self.ablation_plan else None
 
     @property
     def sdg_max_tp(self) -> int:
         return max((tp for _, tp in self.sdg_generators), default=1)
+
+
+def _ablation_plan(recipe) -> str:
+    import json
+
+    from embedpipe.orchestration.ablation import plan_grid
+
+    return json.dumps(plan_grid(recipe), sort_keys=True)
 
 
 def on_gpus(task, settings: ClusterSettings, gpus: int, cpu: str = "8", memory: str = "64Gi"):

@@ -35,12 +35,13 @@ def work_root(recipe: Recipe, base: Path) -> Path:
     return Path(root) / "kfp" if not storage.is_remote(root) else (base / ".embedpipe" / "kfp").resolve()
 
 
-def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: Path | None = None,
+def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = None,
               cache: bool = True, check_endpoints: bool = True, runner: str = "local") -> dict:
-    """Pre-flight, then run ``pipeline`` with kfp.local; returns the last step's summary plus timings."""
+    """Pre-flight, then run ``pipeline`` (a builder from ``embedpipe.pipelines.PIPELINES``) with kfp.local;
+    returns the last step's summary plus timings."""
     from kfp import local
 
-    from embedpipe.orchestration.compile import pipeline_function
+    from embedpipe.orchestration.compile import pipeline_function, pipeline_kind
 
     base = Path(base or os.getcwd()).resolve()
     recipe = localize(recipe, base)
@@ -58,14 +59,28 @@ def run_local(recipe: Recipe, pipeline: str = "full", run_name: str = "", base: 
     local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache, cache_root=str(root / ".cache"))
     func = pipeline_function(pipeline, recipe, local=True)
-    started = time.perf_counter()
-    with steps:
-        task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)
+    try:
+        with steps:
+            task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
+    except BaseException as err:  # the tracking step never ran: the parent run its first step opened ends FAILED
+        _fail_parent_run(recipe, started_ms, err)
+        raise
     seconds = time.perf_counter() - started
     summary = json.loads(task.outputs["Output"] if hasattr(task, "outputs") and isinstance(task.outputs, dict)
                          else task.output)
-    return {**summary, "pipeline": pipeline, "seconds": round(seconds, 2), "work_root": str(root),
+    return {**summary, "pipeline": pipeline_kind(func), "seconds": round(seconds, 2), "work_root": str(root),
             "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner}
+
+
+def _fail_parent_run(recipe: Recipe, started_ms: int, err: BaseException) -> None:
+    try:
+        tracking.setup(recipe.pipeline.mlflow_tracking_uri)
+        tracking.fail_open_pipeline_runs(recipe.experiment_name, started_ms, f"{type(err).__name__}: {err}")
+    except Exception as close_err:  # noqa: BLE001 - the pipeline's own error is the one to raise
+        import logging
+
+        logging.getLogger(__name__).warning("could not end the MLflow parent run FAILED: %s", close_err)
 
 
 def _docker(recipe: Recipe, base: Path, root: Path):

@@ -42,26 +42,66 @@ def _setup(recipe: Recipe) -> None:
     tracking.setup(recipe.pipeline.mlflow_tracking_uri)
 
 
+def open_run(recipe: Recipe, pipeline: str, kfp_run_id: str, run_name: str = "", kfp_run_name: str = "") -> str:
+    """The pipeline's first step: open its MLflow parent run (see tracking.open_pipeline_run); returns its id."""
+    _setup(recipe)
+    run_id = tracking.open_pipeline_run(recipe, pipeline, kfp_run_id, run_name=run_name, kfp_run_name=kfp_run_name)
+    log.info("MLflow parent run %s: %s", run_id,
+             tracking.ui_url(recipe.pipeline.mlflow_tracking_uri, tracking.experiment_id(recipe.experiment_name), run_id))
+    return run_id
+
+
+def record_training(recipe: Recipe, parent_run_id: str, summary: dict, stage: str, variant: dict | None = None,
+                    cell: str | None = None) -> str:
+    """A training job's child run gets its summary and loss curve; a job whose step KFP took from its cache (it did
+    not train in this run, so no child was opened) gets its child here, from the summary, tagged as cached."""
+    import tempfile
+
+    import mlflow
+
+    job = tracking.job_key(stage, variant, cell)
+    child = tracking.find_child(parent_run_id, job)
+    history = loss_history(summary)
+    if child is None:
+        tags = {tracking.JOB_TAG: job, tracking.KIND_TAG: "training", tracking.STAGE_TAG: stage,
+                tracking.CACHED_TAG: "true"}
+        if variant:
+            tags[tracking.VARIANT_TAG] = steps.variant_name(variant)
+        if cell:
+            tags[tracking.CELL_TAG] = cell
+        with tracking.recipe_run(recipe, run_name=job.replace("/", " · "), parent_run_id=parent_run_id, tags=tags,
+                                 params={f"variant.{k}": v for k, v in (variant or {}).items()}) as run:
+            tracking.log_training(summary, history, stage)
+        return run.info.run_id
+    client = mlflow.MlflowClient()  # the live child: add the files, leave its status and times alone
+    run_id = child.info.run_id
+    client.log_dict(run_id, json.loads(json.dumps(summary, default=str)), f"training/{stage}/summary.json")
+    if history:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = tracking.loss_curve_png(history, Path(tmp) / f"loss-{stage}.png", f"{job} loss")
+            client.log_artifact(run_id, str(png), f"training/{stage}")
+    return run_id
+
+
 def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: str, stage1_summary: dict,
                     stage2_summaries: list[dict], merged_dir: str, merge_summary: dict, results_dir: str,
-                    manifest_path: str) -> dict:
-    """Parent run (recipe params, data manifest, scores, model) with a child run per stage-2 variant."""
+                    manifest_path: str, parent_run_id: str = "") -> dict:
+    """The parent run (opened by the pipeline's first step; without one, opened here) gets the data manifest, scores
+    and model; every training job its child run; then the parent ends with the pipeline's duration."""
     import mlflow
 
     _setup(recipe)
-    with tracking.recipe_run(recipe, run_name=run_name or None, tags={"embedpipe.pipeline": "full"}) as run:
+    parent_run_id = parent_run_id or open_run(recipe, "full", "", run_name)
+    tracking.experiment_id(recipe.experiment_name)
+    with mlflow.start_run(run_id=parent_run_id) as run:
         run_id = run.info.run_id
         for name, folder in (("data", data_dir), ("mining", records_dir)):
             for file in ("manifest.json", steps.SUMMARY):
                 if (Path(folder) / file).is_file():
                     mlflow.log_artifact(str(Path(folder) / file), name)
-        tracking.log_training(stage1_summary, loss_history(stage1_summary), "stage1")
+        record_training(recipe, run_id, stage1_summary, "stage1")
         for summary in stage2_summaries:
-            variant = summary.get("variant") or {}
-            with tracking.recipe_run(recipe, run_name=steps.variant_name(variant), parent_run_id=run_id,
-                                     tags={"embedpipe.pipeline": "full", "embedpipe.stage": "stage2"},
-                                     params={f"variant.{k}": v for k, v in variant.items()}):
-                tracking.log_training(summary, loss_history(summary), "stage2")
+            record_training(recipe, run_id, summary, "stage2", variant=summary.get("variant") or {})
         tracking.write_json_artifact(merge_summary, "merge/provenance.json")
         scores = json.loads((Path(results_dir) / "scores.json").read_text())
         tracking.log_scores(scores)
@@ -73,47 +113,61 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
         manifest = render_manifest(recipe, model_uri, manifest_path)
         mlflow.log_artifact(manifest_path, "deploy")
         mlflow.set_tags({"embedpipe.model_uri": model_uri})
-    return {"mlflow_run_id": run_id, "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
+    closed = tracking.close_pipeline_run(run_id)
+    return {"mlflow_run_id": run_id, "mlflow_run_seconds": closed["seconds"], "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
             "model_uri": model_uri, "scores_uri": scores_uri, "scores": _headline(scores), **registration,
             "manifest": manifest_path, "inference_service": manifest.get("metadata", {}).get("name")}
 
 
-def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dict]) -> dict:
-    """One parent run for the grid (its plan as an artifact); a child run per cell (the cell's recipe as params, its
-    axes as ``ablation.*`` params, its dev scores as ``dev_*`` metrics) and one per stage-2 training (its group's
-    recipe and ``variant.*`` params, its training curve, its dev scores)."""
+def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dict], parent_run_id: str = "") -> dict:
+    """The grid's parent run (opened by the pipeline's first step; without one, here) gets the plan; every training
+    job its child (live from the training step; recorded here when KFP took the step from its cache), stage-2 jobs
+    with their dev scores; each cell a child run (its recipe as params, its axes as ``ablation.*``, its dev scores as
+    ``dev_*``; a merged cell also ``dev_best_single_mean_task`` and ``dev_merge_gain``); then the parent ends."""
+    import mlflow
+
     from embedpipe.evaluation.run import role_metrics
     from embedpipe.orchestration.ablation import cell_results
 
     _setup(recipe)
+    parent_run_id = parent_run_id or open_run(recipe, "ablation", "", run_name or "ablation")
     recipe_json = recipe.model_dump_json()
     by_group = {r["group"]: r for r in reports}
-    tags = {"embedpipe.pipeline": "ablation"}
-    children = []
-    with tracking.recipe_run(recipe, run_name=run_name or "ablation", tags=tags) as run:
+    units = {u["key"]: u for u in plan["stage1"]}
+    # a training job's axes: those of the cells it serves, but the merge set (a group serves several)
+    axes = {c["group"]: {f"ablation.{k}": v for k, v in c["axes"].items() if k != "merge_set"} for c in plan["cells"]}
+    client = mlflow.MlflowClient()
+    cells = []
+    with mlflow.start_run(run_id=parent_run_id) as run:
         tracking.write_json_artifact(plan, "ablation/plan.json")
         tracking.log_metrics({"ablation.cells": len(plan["cells"]), "ablation.stage1_trainings": len(plan["stage1"]),
                               "ablation.stage2_trainings": sum(len(g["variants"]) for g in plan["stage2"])})
+        recorded_stage1 = set()
         for group in plan["stage2"]:
+            report = by_group[group["key"]]
+            unit = units[group["stage1"]]
+            if unit["key"] not in recorded_stage1:
+                recorded_stage1.add(unit["key"])
+                child = record_training(steps.recipe_from_json(recipe_json, json.dumps(unit["overrides"])),
+                                        run.info.run_id, report["stage1"], "stage1", cell=unit["name"])
+                _add_params(client, child, axes[group["key"]])
             group_recipe = steps.recipe_from_json(recipe_json, json.dumps(group["overrides"]))
-            for variant in by_group[group["key"]]["variants"]:
+            for variant in report["variants"]:
                 spec = variant["training"].get("variant") or {}
-                with tracking.recipe_run(group_recipe, run_name=f"{group['name']}/{steps.variant_name(spec)}",
-                                         parent_run_id=run.info.run_id,
-                                         tags={**tags, "embedpipe.stage": "stage2", "embedpipe.group": group["key"]},
-                                         params={f"variant.{k}": v for k, v in spec.items()}) as child:
-                    tracking.log_training(variant["training"], loss_history(variant["training"]), "stage2")
-                    tracking.log_metrics(role_metrics(variant["dev"]))
-                    children.append({"run_id": child.info.run_id, "kind": "stage2", "group": group["key"],
-                                     "variant": steps.variant_name(spec),
-                                     "dev_mean_task": variant["dev"].get("mean_task")})
+                child = record_training(group_recipe, run.info.run_id, variant["training"], "stage2", variant=spec,
+                                        cell=group["name"])
+                _add_params(client, child, axes[group["key"]])
+                logged = client.get_run(child).data.metrics
+                dev = role_metrics(variant["dev"])
+                if any(k not in logged for k in dev):  # the dev step logs them live; a cached one did not
+                    client.log_batch(child, metrics=_metrics(dev))
         for result in cell_results(plan, reports):
             cell = result["cell"]
             cell_recipe = steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
             with tracking.recipe_run(cell_recipe, run_name=cell["name"], parent_run_id=run.info.run_id,
-                                     tags={**tags, "embedpipe.stage": "cell", "embedpipe.group": cell["group"]},
+                                     tags={"embedpipe.pipeline": "ablation", tracking.KIND_TAG: "cell",
+                                           tracking.CELL_TAG: cell["name"], "embedpipe.group": cell["group"]},
                                      params={f"ablation.{k}": v for k, v in cell["axes"].items()}) as child:
-                tracking.log_training(result["stage1"], loss_history(result["stage1"]), "stage1")
                 metrics = role_metrics(result["dev"])
                 singles = [v["dev"]["mean_task"] for v in result["variants"]]
                 if cell["merged"]:
@@ -121,16 +175,29 @@ def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dic
                     metrics["dev_merge_gain"] = result["dev"]["mean_task"] - max(singles)
                     tracking.write_json_artifact(result["merge"], "merge/provenance.json")
                 tracking.log_metrics(metrics)
-                children.append({"run_id": child.info.run_id, "kind": "cell", "name": cell["name"],
-                                 "axes": cell["axes"], "dev_mean_task": result["dev"].get("mean_task")})
-    return {"mlflow_run_id": run.info.run_id, "experiment": recipe.experiment_name,
-            "tracking_uri": tracking_uri(), "children": children}
+                cells.append({"run_id": child.info.run_id, "name": cell["name"], "axes": cell["axes"],
+                              "dev_mean_task": result["dev"].get("mean_task")})
+    closed = tracking.close_pipeline_run(run.info.run_id)
+    return {"mlflow_run_id": run.info.run_id, "mlflow_run_seconds": closed["seconds"],
+            "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(), "children": cells}
 
 
-def tracking_uri() -> str:
-    import mlflow
+def _add_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
 
-    return mlflow.get_tracking_uri()
+    have = client.get_run(run_id).data.params
+    missing = [Param(k, str(v)) for k, v in params.items() if k not in have]
+    if missing:
+        client.log_batch(run_id, params=missing)
+
+
+def _metrics(values: dict[str, float]) -> list:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
 def _headline(scores: dict) -> dict:

@@ -2,7 +2,8 @@
 
 The KFP components in ``components/`` are thin wrappers over these functions (KFP hands them local paths for their
 artifacts, on a laptop and in a pod alike); each function calls one area's step function through its published
-contract and returns a JSON-able summary. Nothing here trains, mines or evaluates by itself.
+contract and returns that step's typed summary (``embedpipe.orchestration.summaries``), which the component passes
+on as JSON. Nothing here trains, mines or evaluates by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from embedpipe.orchestration import summaries
 from embedpipe.recipe import Recipe, RecipeError, recipe_from_tree
 
 log = logging.getLogger(__name__)
@@ -24,18 +26,21 @@ log = logging.getLogger(__name__)
 SUMMARY = "step-summary.json"  # written beside a step's data outputs (never inside an encoder export)
 
 
-def timed(fn):
-    """Add ``step_seconds`` (the step's own compute, without process start and KFP bookkeeping) to the summary."""
+def timed(model: type[summaries.StepSummary]):
+    """The step's result as its ``model`` (a SummaryError naming the step and field when the area's summary lacks
+    one), with ``step_seconds`` (the step's own compute, without process start and KFP bookkeeping)."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        summary = fn(*args, **kwargs)
-        if isinstance(summary, dict):
-            summary = {**summary, "step_seconds": round(time.perf_counter() - started, 3)}
-        return summary
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            summary = model.of(fn(*args, **kwargs), f"step {fn.__name__}")
+            summary.step_seconds = round(time.perf_counter() - started, 3)
+            return summary
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 def recipe_from_json(recipe_json: str, overrides_json: str = "") -> Recipe:
@@ -60,16 +65,16 @@ def _write_summary(folder: Path, summary: dict) -> dict:
     return summary
 
 
-@timed
-def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> dict:
+@timed(summaries.DataSummary)
+def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> summaries.DataSummary:
     """Data build: public sets -> records.jsonl, corpus.jsonl, manifest.json, eval/."""
     from embedpipe.data.build import build_training_data
 
     return build_training_data(recipe, Path(out_dir))
 
 
-@timed
-def download_models(recipe: Recipe) -> dict:
+@timed(summaries.DownloadSummary)
+def download_models(recipe: Recipe) -> summaries.DownloadSummary:
     """The run's one hub download (or, offline, the check that the model cache has it all)."""
     from embedpipe.orchestration.hub import download, download_plan
 
@@ -93,9 +98,9 @@ def sdg_shard_store(recipe: Recipe, corpus: Path) -> str:
     return storage.join(recipe.pipeline.artifact_root, "sdg-shards", digest.hexdigest()[:20])
 
 
-@timed
+@timed(summaries.SdgSummary)
 def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-               only_generator: str | None = None, generate: bool = True) -> dict:
+               only_generator: str | None = None, generate: bool = True) -> summaries.SdgSummary:
     """SDG over the data step's corpus; with SDG disabled, an empty synthetic.jsonl says so downstream.
 
     ``only_generator``: one generator's shards (a per-generator task); ``generate=False``: filter the shards those
@@ -123,8 +128,8 @@ def mining_cache_uri(recipe: Recipe) -> str | None:
     return storage.join(root, "mining-cache") if storage.is_remote(root) else None
 
 
-@timed
-def embed_corpus(recipe: Recipe, data_dir: str | os.PathLike, shard: int, shards: int) -> dict:
+@timed(summaries.EmbedCorpusSummary)
+def embed_corpus(recipe: Recipe, data_dir: str | os.PathLike, shard: int, shards: int) -> summaries.EmbedCorpusSummary:
     """One of the mining step's corpus-embedding tasks (the mining step then reuses every chunk)."""
     from embedpipe.mining.mine import embed_corpus_shard
 
@@ -132,8 +137,9 @@ def embed_corpus(recipe: Recipe, data_dir: str | os.PathLike, shard: int, shards
                               cache_dir=step_cache_dir() / "mining", cache_uri=mining_cache_uri(recipe))
 
 
-@timed
-def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+@timed(summaries.MineSummary)
+def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.PathLike,
+         out_dir: str | os.PathLike) -> summaries.MineSummary:
     """Public + synthetic records (deduplicated, decontaminated) -> hard negatives mined against the corpus."""
     from embedpipe.data.build import combine_records
     from embedpipe.mining.mine import mine_hard_negatives
@@ -164,6 +170,19 @@ def base_model_source(recipe: Recipe, work_dir: str | os.PathLike) -> str:
     return recipe.model.base
 
 
+@timed(summaries.BaseEncoderSummary)
+def base_encoder(recipe: Recipe, out_dir: str | os.PathLike) -> summaries.BaseEncoderSummary:
+    """The untrained base (what stage 1 starts from) as an encoder export, with stage 1's text lengths."""
+    from embedpipe.encoder.convert import convert_checkpoint
+
+    out = Path(out_dir)
+    source = base_model_source(recipe, tempfile.mkdtemp(prefix="embedpipe-base-"))
+    stage1 = recipe.training.stage1
+    convert_checkpoint(source, out, max_length=stage1.max_document_length, query_max_length=stage1.max_query_length)
+    return {"base": recipe.model.base if not recipe.model.random_init else "random init", "source": str(source),
+            "out_dir": str(out)}
+
+
 def checkpoint_folder(recipe: Recipe, run_id: str, *parts: str) -> str | None:
     """Where a training step of pipeline run ``run_id`` keeps its checkpoints: ``<artifact_root>/<run_id>/checkpoints/
     <parts>`` (local or s3://). The same run gives the same folder, so a retried pod resumes from the last one;
@@ -176,21 +195,26 @@ def checkpoint_folder(recipe: Recipe, run_id: str, *parts: str) -> str | None:
     return storage.join(recipe.pipeline.artifact_root, clean[0], "checkpoints", *clean[1:])
 
 
-@timed
+@timed(summaries.TrainSummary)
 def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model: str, out_dir: str | os.PathLike,
-          variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None) -> dict:
+          variant: dict | None = None, checkpoint_dir: str | os.PathLike | None = None, kfp_run_id: str = "",
+          cell: str | None = None) -> summaries.TrainSummary:
     """One training stage (a stage-2 variant when ``variant`` is given); ``out_dir`` becomes an encoder export.
 
     With ``training.gpus_per_node`` above 1 (one node) the stage runs as that many processes under torch's elastic
-    launcher, one per GPU; ``checkpoint_dir`` (local or s3://) makes a retried step resume from its last checkpoint."""
+    launcher, one per GPU; ``checkpoint_dir`` (local or s3://) makes a retried step resume from its last checkpoint.
+    ``kfp_run_id``: the pipeline run whose MLflow parent gets this job as a child run, logged while it trains
+    (``cell``: the ablation cell it trains for)."""
+    from embedpipe import tracking
     from embedpipe.training.run import train_stage
 
     records = Path(records_dir) / "records.jsonl"
     nproc = recipe.training.gpus_per_node
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return train_local_processes(recipe, stage, records, init_model, out_dir, variant, checkpoint_dir, nproc)
-    return train_stage(recipe, stage, records, init_model, Path(out_dir),
-                       variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
+    with tracking.training_run(recipe, kfp_run_id, stage, variant, cell):
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return train_local_processes(recipe, stage, records, init_model, out_dir, variant, checkpoint_dir, nproc)
+        return train_stage(recipe, stage, records, init_model, Path(out_dir),
+                           variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
 
 
 def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model: str, out_dir, variant, checkpoint_dir,
@@ -216,9 +240,9 @@ def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model:
     return json.loads((work / "summary.json").read_text())
 
 
-@timed
+@timed(summaries.MergeSummary)
 def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
-          data_dir: str | os.PathLike | None = None) -> dict:
+          data_dir: str | os.PathLike | None = None) -> summaries.MergeSummary:
     """Merge the stage-2 checkpoints by the recipe's method: uniform, weighted, or greedy soup (which scores each
     candidate soup by Mean(Task) on the dev tasks: the data step's held-out dev splits plus the recipe's dev tasks)."""
     from embedpipe.merging.soup import evaluation_scorer, merge_with_config
@@ -232,9 +256,10 @@ def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
     return merge_with_config(recipe.merge, model_dirs, Path(out_dir), scorer=scorer)
 
 
-@timed
+@timed(summaries.EvalSummary)
 def evaluate(recipe: Recipe, model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             model_name: str | None = None, group: tuple[int, int] | None = None, role: str = "test") -> dict:
+             model_name: str | None = None, group: tuple[int, int] | None = None,
+             role: str = "test") -> summaries.EvalSummary:
     """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks (``group``: one task
     group of a fanned-out evaluation; ``role="dev"``: the dev tasks, for model selection)."""
     from embedpipe.evaluation.run import evaluate as run_evaluation

@@ -36,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
+    from embedpipe import tracking
     from embedpipe.recipe import load_recipe
     from embedpipe.training.run import train_stage
 
     recipe = load_recipe(args.recipe, args.overrides)
     variant = json.loads(args.variant) if args.variant else None
-    summary = train_stage(recipe, args.stage, args.records, args.init_model, args.out, variant=variant,
-                          checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume)
+    with tracking.resumed_run(rank):  # rank 0 logs into the child run its launcher opened (MLFLOW_RUN_ID)
+        summary = train_stage(recipe, args.stage, args.records, args.init_model, args.out, variant=variant,
+                              checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume)
     if rank == 0 and args.summary:
         with open(args.summary, "w") as handle:
             json.dump(summary, handle, indent=2, default=str)

@@ -159,10 +159,28 @@ def _all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX, as oneDNN detects them)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _precision(training, device) -> bool:
-    if training.precision == "auto":
-        return device.type == "cuda"
-    return training.precision == "bf16"
+    """bf16 autocast (fp32 weights and optimizer state, the master copy) or plain fp32.
+
+    ``auto``: bf16 on GPUs and on CPUs with native bf16, fp32 elsewhere (emulated bf16 is slower than fp32 there);
+    ``bf16`` on such a CPU falls back to fp32 with a logged note."""
+    if device.type == "cuda":
+        return training.precision != "fp32"
+    if training.precision == "fp32":
+        return False
+    if cpu_has_native_bf16():
+        return True
+    log.info("training.precision %s: this CPU (%s) has no native bf16 (AVX512-BF16/AMX); training in fp32",
+             training.precision, torch.backends.cpu.get_cpu_capability())
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -256,7 +274,7 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
         if peak:
             seq = real / max(stage_cfg.batch_size * (k + 2), 1)
             metrics["mfu"] = tracking.train_flops_per_token(model.config, seq) * real / seconds / (peak * world_size)
-        history.append({"step": step + 1, **metrics})
+        history.append({"step": step + 1, **metrics, "seconds": round(seconds, 3)})
         if rank == 0 and ((step + 1) % stage_cfg.log_every == 0 or step + 1 == stage_cfg.steps):
             tracking.log_metrics({f"{stage}.{name}": v for name, v in metrics.items()}, step=step + 1)
             log.info("%s step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s", stage, step + 1, stage_cfg.steps,

@@ -242,8 +242,8 @@ def find_child(parent_run_id: str, job: str):
 
 def log_job_metrics(recipe, kfp_run_id: str, job: str, metrics: dict[str, float]) -> str | None:
     """Metrics (e.g. a stage-2 model's dev scores) into training job ``job``'s child run of pipeline run
-    ``kfp_run_id``, when the step that scores it runs; returns the child's id (None: no parent or no such child, as
-    for a bare run or a training step taken from KFP's cache: the tracking step logs them then)."""
+    ``kfp_run_id`` (``job=""``: the parent run itself), when the step that scores it runs; returns the run's id
+    (None: no parent or no such child, as for a bare run or a training step taken from KFP's cache)."""
     import time
 
     from mlflow.entities import Metric
@@ -252,14 +252,20 @@ def log_job_metrics(recipe, kfp_run_id: str, job: str, metrics: dict[str, float]
         return None
     setup(recipe.pipeline.mlflow_tracking_uri)
     parent = find_pipeline_run(recipe.experiment_name, kfp_run_id)
-    child = find_child(parent, job) if parent else None
-    if child is None:
+    if parent is None:
         return None
+    if job:
+        child = find_child(parent, job)
+        if child is None:
+            return None
+        run_id = child.info.run_id
+    else:
+        run_id = parent
     now = int(time.time() * 1000)
     values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
     if values:
-        _client().log_batch(child.info.run_id, metrics=values)
-    return child.info.run_id
+        _client().log_batch(run_id, metrics=values)
+    return run_id
 
 
 @contextmanager

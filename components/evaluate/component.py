@@ -11,10 +11,10 @@ from embedpipe.orchestration.images import image
 def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset],
              results: dsl.Output[dsl.Artifact], scores: dsl.Output[dsl.Metrics], model_name: str = "",
              overrides_json: str = "", role: str = "test", run_id: str = "", job_stage: str = "", job_cell: str = "",
-             job_variant_json: str = "") -> str:
+             job_variant_json: str = "", to_parent: bool = False) -> str:
     """``role="dev"``: the dev tasks (model selection), ``"test"``: the test tasks (the final model). ``run_id`` (the
     KFP run) and ``job_*`` (the training job that made the model: stage, ablation unit, variant): the scores also
-    go to that job's MLflow child run, now."""
+    go to that job's MLflow child run, now; ``to_parent``: to the pipeline's parent run (the merged model)."""
     import json
     import os
 
@@ -25,8 +25,9 @@ def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None, role=role)
-    if job_stage:
-        job = tracking.job_key(job_stage, json.loads(job_variant_json) if job_variant_json else None, job_cell or None)
+    if job_stage or to_parent:
+        job = tracking.job_key(job_stage, json.loads(job_variant_json) if job_variant_json else None,
+                               job_cell or None) if job_stage else ""
         tracking.log_job_metrics(recipe, run_id, job, role_metrics(summary.model_dump()))
     os.makedirs(results.path, exist_ok=True)
     with open(os.path.join(results.path, "scores.json"), "w") as handle:

@@ -37,7 +37,9 @@ def _platform(docs: list[dict]) -> dict:
     return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-GPU_STEPS = {"synthesize", "synthesize-generator", "mine", "train-stage1", "train-stage2", "evaluate"}
+# evaluate-2/-3: the dev evaluations of the stage-2 variants and of the merged model (their own MLflow settings)
+GPU_STEPS = {"synthesize", "synthesize-generator", "mine", "train-stage1", "train-stage2", "evaluate", "evaluate-2",
+             "evaluate-3"}
 
 
 def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
@@ -65,8 +67,16 @@ def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
 def test_full_pipeline_shape(compiled):
     spec = compiled[("local", "full")][0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"build-data", "synthesize", "mine", "train-stage1", "plan-variants", "for-loop-1", "merge", "evaluate",
+    assert {"build-data", "synthesize", "mine", "train-stage1", "plan-variants", "for-loop-1", "merge",
             "track-full"} <= set(tasks)
+
+    def role(task):
+        return task["inputs"]["parameters"].get("role", {}).get("runtimeValue", {}).get("constant", "test")
+
+    evaluations = {role(t) for n, t in tasks.items() if n.startswith("evaluate")}
+    assert evaluations == {"dev", "test"}  # the merged model on the dev tasks and on the test tasks
+    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {role(t) for n, t in loop.items() if n.startswith("evaluate")} == {"dev"}  # each variant, dev only
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"].endswith("plan-variants-Output")
     merge_input = tasks["merge"]["inputs"]["artifacts"]["models"]["taskOutputArtifact"]
     assert merge_input["producerTask"] == "for-loop-1"  # dsl.Collected over the stage-2 runs

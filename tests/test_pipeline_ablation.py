@@ -103,9 +103,6 @@ def tiny_ablation_recipe(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_ablation_pipeline_end_to_end_in_mlflow(tmp_path, monkeypatch):
-    import mlflow
-
-    from embedpipe import tracking
     from embedpipe.orchestration.local_runner import run_local
     from embedpipe.pipelines import PIPELINES
 
@@ -114,13 +111,24 @@ def test_ablation_pipeline_end_to_end_in_mlflow(tmp_path, monkeypatch):
     recipe = load_recipe(tiny_ablation_recipe(tmp_path))
     started_ms = int(time.time() * 1000)
     result = run_local(recipe, PIPELINES["ablation"], run_name="grid")
+    check_ablation_run(tmp_path, recipe, result, started_ms)
+
+
+def check_ablation_run(tmp_path: Path, recipe, result: dict, started_ms: int) -> None:
+    """What the tiny grid's run left: the steps kfp.local ran, and the MLflow store."""
+    import mlflow
+
+    from embedpipe import tracking
 
     # kfp.local ran each distinct step once: one SDG and mining, a stage 1 per loss, each group's variants once
     run_dir = max((tmp_path / "runs" / "kfp").glob("embedpipe-ablation-*"), key=lambda p: p.stat().st_mtime)
     ran = sorted(p.name for p in run_dir.iterdir())
     assert [n for n in ran if n.startswith("mine")] == ["mine"]
     assert len([n for n in ran if n.startswith("train-stage1")]) == 2
-    assert len([n for n in ran if n.startswith("train-stage2")]) == 4  # 2 losses x {mix-a, mix-b}, not per cell
+    stage2_steps = [p for p in run_dir.glob("for-loop-*/train-stage2*") if p.is_dir()]
+    assert len(stage2_steps) == 4  # 2 losses x {mix-a, mix-b}, not once per cell
+    assert len([p for p in run_dir.glob("for-loop-*/evaluate*") if p.is_dir()]) == 4  # each scored on dev
+    assert len([n for n in ran if n.startswith("merge-cells")]) == 2  # one per merged cell
 
     tracking.setup(recipe.pipeline.mlflow_tracking_uri)
     experiment = mlflow.get_experiment_by_name(recipe.experiment_name)

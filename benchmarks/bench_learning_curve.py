@@ -110,6 +110,8 @@ def main() -> None:
           f"precision {recipe.training.precision}, {torch.get_num_threads()} threads, "
           f"CPU {torch.backends.cpu.get_cpu_capability()}; records {records}", flush=True)
 
+    reference = score("all-minilm-l6-v2", tasks_dir, work, recipe)
+    print(f"  all-minilm-l6-v2: nDCG@10 {reference:.2f}", flush=True)
     rows: list[dict] = []
     if args.base:
         from embedpipe.encoder.convert import convert_checkpoint
@@ -131,7 +133,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         per_step = [h["seconds"] for h in summary["history"] if "seconds" in h]
         median = statistics.median(per_step) if per_step else wall / last
-        for p in group:
+        for p in reversed(group):  # the longest run's score first
             model_dir = work / f"step-{p}"
             if p != last:
                 consolidate(ckpt / f"step-{p:08d}", recipe.model.base, model_dir,
@@ -146,7 +148,7 @@ def main() -> None:
             shutil.rmtree(model_dir, ignore_errors=True)
         shutil.rmtree(ckpt, ignore_errors=True)
 
-    reference = score("all-minilm-l6-v2", tasks_dir, work, recipe)
+    rows.sort(key=lambda r: r["steps"])
     print(f"\n{TASK} nDCG@10 x100 vs steps (reference all-minilm-l6-v2: {reference:.2f}; "
           f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"{'steps':>6} {'s/step':>7} {'train s':>8} {'nDCG@10':>8} {'vs MiniLM':>10}")

@@ -92,9 +92,11 @@ def _client():
 def experiment_id(name: str) -> str:
     """The experiment's id, created when missing, filed under MLflow's model-training view.
 
-    MLflow 3.x's UI files an experiment by its ``mlflow.experimentKind`` tag (``genai_development`` or
-    ``custom_model_development``; untagged, it guesses, and lands a new user on the GenAI overview); MLflow 3.5+
-    also has a GenAI / machine-learning switch in the side bar, which :func:`ui_url` sets with ``?workflowType=``."""
+    MLflow 3.4+ files an experiment by its ``mlflow.experimentKind`` tag (``genai_development`` or
+    ``custom_model_development``; untagged, the UI guesses or asks). MLflow 3.17's UI (its side bar's GenAI / Model
+    training switch, per browser, GenAI by default) opens an experiment by that switch alone: a plain experiment link
+    lands on the GenAI overview whatever the tag (seen in headless Chromium), so the links embedpipe prints carry
+    ``?workflowType=machine_learning`` (:func:`ui_url`), which opens the training runs."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
@@ -130,11 +132,11 @@ def pipeline_run_name(recipe_name: str, run_name: str = "", kfp_run_name: str = 
     return f"{recipe_name} · {label}"
 
 
-def _source_tags(pipeline: str, recipe_name: str) -> dict[str, str]:
+def _source_tags(what: str) -> dict[str, str]:
     """What MLflow shows as a run's source (left alone it is the KFP ``executor`` script)."""
     from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
-    return {MLFLOW_SOURCE_NAME: f"embedpipe {pipeline} pipeline ({recipe_name})", MLFLOW_SOURCE_TYPE: "JOB"}
+    return {MLFLOW_SOURCE_NAME: what, MLFLOW_SOURCE_TYPE: "JOB"}
 
 
 def open_pipeline_run(recipe, pipeline: str, kfp_run_id: str, run_name: str = "", kfp_run_name: str = "") -> str:
@@ -151,7 +153,7 @@ def open_pipeline_run(recipe, pipeline: str, kfp_run_id: str, run_name: str = ""
     client = _client()
     run = client.create_run(exp_id, run_name=name, tags={
         MLFLOW_RUN_NAME: name, KFP_RUN_TAG: kfp_run_id, KIND_TAG: "pipeline", "embedpipe.pipeline": pipeline,
-        "embedpipe.recipe": recipe.name, **_source_tags(pipeline, recipe.name)})
+        "embedpipe.recipe": recipe.name, **_source_tags(f"embedpipe {pipeline} pipeline ({recipe.name})")})
     params = [Param(k, v) for k, v in params_of(recipe).items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start:start + 100])
@@ -244,10 +246,6 @@ def log_job_metrics(recipe, kfp_run_id: str, job: str, metrics: dict[str, float]
     """Metrics (e.g. a stage-2 model's dev scores) into training job ``job``'s child run of pipeline run
     ``kfp_run_id`` (``job=""``: the parent run itself), when the step that scores it runs; returns the run's id
     (None: no parent or no such child, as for a bare run or a training step taken from KFP's cache)."""
-    import time
-
-    from mlflow.entities import Metric
-
     if not kfp_run_id or "{{" in kfp_run_id:
         return None
     setup(recipe.pipeline.mlflow_tracking_uri)
@@ -261,11 +259,20 @@ def log_job_metrics(recipe, kfp_run_id: str, job: str, metrics: dict[str, float]
         run_id = child.info.run_id
     else:
         run_id = parent
+    log_metrics_to(run_id, metrics)
+    return run_id
+
+
+def log_metrics_to(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Finite metrics to a run by id, leaving its status and times alone (scores added to a finished child)."""
+    import time
+
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
-    values = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+    values = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
     if values:
         _client().log_batch(run_id, metrics=values)
-    return run_id
 
 
 @contextmanager
@@ -291,7 +298,7 @@ def training_run(recipe, kfp_run_id: str, stage: str, variant: dict | None = Non
     job = job_key(stage, variant, cell)
     name = job.replace("/", " · ")
     tags = {JOB_TAG: job, KIND_TAG: "training", STAGE_TAG: stage, "embedpipe.recipe": recipe.name,
-            **_source_tags("training", recipe.name)}
+            **_source_tags(f"embedpipe {stage} training ({recipe.name})")}
     if variant:
         tags[VARIANT_TAG] = str(variant.get("name") or "variant")
     if cell:
@@ -316,6 +323,11 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def worker_env() -> dict[str, str]:
+    """The environment a training job's worker pods need to log into the child run open here (none: nothing)."""
+    return {RUN_ID_ENV: os.environ[RUN_ID_ENV]} if os.environ.get(RUN_ID_ENV) else {}
 
 
 @contextmanager

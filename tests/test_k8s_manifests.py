@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from embedpipe.deploy.kserve import render_inference_service, render_serving_runtime
+from crd_schemas import CRD_KINDS, crd_validate
 from embedpipe.deploy.validate import ManifestError, validate_document, validate_documents
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
@@ -47,12 +48,15 @@ def by_kind(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_overlay_renders_and_validates(rendered, target):
+def test_overlay_renders_and_validates(rendered, target, tmp_path):
     docs = rendered[target]
-    assert validate_documents(docs, target) == len(docs)
+    core = [d for d in docs if d["kind"] != "TrainJob"]  # TrainJob: no typed SDK model here, the CRD schema below
+    assert validate_documents(core, target) == len(core)
     kinds = {d["kind"] for d in docs}
     assert {"Namespace", "StatefulSet", "Deployment", "Service", "PersistentVolumeClaim", "ServiceAccount", "Role",
-            "RoleBinding", "NetworkPolicy", "PyTorchJob", "ServingRuntime", "InferenceService"} <= kinds
+            "RoleBinding", "NetworkPolicy", "TrainJob", "ServingRuntime", "InferenceService"} <= kinds
+    with_crd = [d for d in docs if d["kind"] in CRD_KINDS]
+    assert crd_validate(docs, tmp_path, target).startswith(f"{len(with_crd)} objects checked")
     assert all(d["metadata"].get("namespace") == "embedpipe" for d in docs if d["kind"] != "Namespace")
 
 
@@ -60,7 +64,7 @@ def test_validation_catches_broken_documents(rendered):
     docs = rendered["base"]
     statefulset = copy.deepcopy(by_kind(docs, "StatefulSet", "minio")[0])
     statefulset["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
-    job = copy.deepcopy(by_kind(docs, "PyTorchJob")[0])
+    job = copy.deepcopy(yaml.safe_load((K8S / "base" / "training" / "pytorchjob.yaml").read_text()))
     job["spec"]["pytorchReplicaSpecs"]["Master"]["replica"] = 1
     isvc = copy.deepcopy(by_kind(docs, "InferenceService")[0])
     isvc["spec"]["predictor"]["maxReplicas"] = "eight"
@@ -82,27 +86,75 @@ def test_kserve_manifests_are_what_the_code_renders():
                                                                 namespace=None)
 
 
+def trainjob_pod(job: dict) -> dict:
+    """The pod template the launcher patches into the runtime's ``node`` job."""
+    return job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]
+
+
 def test_a100_training_job_template(rendered):
-    job = by_kind(rendered["overlays/a100-cluster"], "PyTorchJob")[0]
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 3
-    for role in ("Master", "Worker"):
-        pod = specs[role]["template"]["spec"]
-        container = pod["containers"][0]
-        assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
-        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
-        assert shm["emptyDir"]["medium"] == "Memory"
-        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
-        env = {e["name"] for e in container["env"]}
-        assert {"NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE"} <= env
-        assert container["command"][:2] == ["torchrun", "--nproc-per-node=8"]
+    job = by_kind(rendered["overlays/a100-cluster"], "TrainJob")[0]
+    trainer = job["spec"]["trainer"]
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed" and job["spec"]["suspend"] is True
+    assert trainer["numNodes"] == 8 and trainer["numProcPerNode"] == 8  # the paper: 64 A100
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+    pod = trainjob_pod(job)["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["serviceAccountName"] == "embedpipe-pipeline-runner" and pod["securityContext"]["runAsNonRoot"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+    env = {e["name"] for e in trainer["env"]}
+    assert {"NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "EMBEDPIPE_RECIPE_JSON"} <= env
+    assert trainer["command"][2].startswith("exec torchrun -m embedpipe.training.launch")
+
+
+def test_training_templates_are_what_the_launcher_builds():
+    """k8s/base/training is rendered by the launcher's own builder (`embedpipe render-training`): the committed files
+    equal its output for the paper recipe, byte for byte."""
+    from embedpipe.orchestration.k8s_jobs import render_templates, write_templates
+    from embedpipe.recipe import load_recipe
+
+    recipe_path = "recipes/llama-embed-nemotron-8b.yaml"
+    recipe = load_recipe(K8S.parent / recipe_path)
+    folder = K8S / "base" / "training"
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(render_templates(recipe))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write_templates(recipe, tmp, source=recipe_path):
+            assert (folder / path.name).read_text() == path.read_text(), (
+                f"k8s/base/training/{path.name} is stale: run `embedpipe render-training`")
+    pytorchjob = yaml.safe_load((folder / "pytorchjob.yaml").read_text())
+    assert validate_documents([pytorchjob], "pytorchjob.yaml") == 1  # kubeflow-training's typed model, strict
+    pod = pytorchjob["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    trainjob_env = yaml.safe_load((folder / "trainjob.yaml").read_text())["spec"]["trainer"]["env"]
+    def settings(env):  # the recipe JSON differs in training.launcher only
+        return [e for e in env if e["name"] != "EMBEDPIPE_RECIPE_JSON"]
+
+    assert settings(pod["containers"][0]["env"]) == settings(trainjob_env)  # the same NCCL env and secrets
+    assert pod["serviceAccountName"] == "embedpipe-pipeline-runner"
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000}
+
+
+def test_every_k8s_file_with_a_crd_validates(tmp_path):
+    """Every object under k8s/ whose kind has an upstream CRD in ../shared/schemas validates strictly."""
+    docs = [d for path in sorted(K8S.rglob("*.yaml")) for d in yaml.safe_load_all(path.read_text())
+            if isinstance(d, dict) and d.get("kind") in CRD_KINDS]
+    assert {d["kind"] for d in docs} >= {"TrainJob", "ServingRuntime", "InferenceService"}
+    assert crd_validate(docs, tmp_path).startswith(f"{len(docs)} objects checked")
 
 
 def test_local_overlay_needs_no_gpu(rendered):
-    text = yaml.safe_dump_all(rendered["overlays/local"])
+    docs = rendered["overlays/local"]
+    job = by_kind(docs, "TrainJob")[0]
+    for doc in docs:  # the recipe JSON in the training env names the paper's node pool; no pod asks for it
+        for env in _walk_env(doc):
+            env.pop("value", None) if env["name"] == "EMBEDPIPE_RECIPE_JSON" else None
+    text = yaml.safe_dump_all(docs)
     assert "nvidia.com/gpu" not in text and "gke-accelerator" not in text
+    assert job["spec"]["trainer"]["numNodes"] == 1 and job["spec"]["trainer"]["numProcPerNode"] == 1
     isvc = by_kind(rendered["overlays/local"], "InferenceService")[0]
     assert isvc["spec"]["predictor"]["model"]["runtime"] == "embedpipe-serve"
     assert [d["metadata"]["name"] for d in by_kind(rendered["overlays/local"], "ServingRuntime")] == ["embedpipe-serve"]
@@ -140,7 +192,7 @@ def test_network_policies_admit_exactly_the_labelled_clients(rendered):
     assert policies["minio"]["spec"]["ingress"][0]["ports"] == [{"port": 9000, "protocol": "TCP"}]
     # every pod that talks to MinIO carries the label the policy admits
     mlflow = by_kind(docs, "Deployment", "mlflow")[0]["spec"]["template"]["metadata"]["labels"]
-    job = by_kind(docs, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    job = trainjob_pod(by_kind(docs, "TrainJob")[0])["metadata"]["labels"]
     isvc = by_kind(docs, "InferenceService")[0]["spec"]["predictor"]["labels"]
     for labels in (mlflow, job, isvc):
         assert labels["embedpipe.io/s3-access"] == "true"
@@ -171,14 +223,20 @@ def test_entrypoints_named_in_manifests_exist(rendered):
     commands = set(get_command(app).commands)
     runtime = by_kind(rendered["base"], "ServingRuntime", "embedpipe-serve")[0]
     assert runtime["spec"]["containers"][0]["args"][0] in commands
-    job = by_kind(rendered["base"], "PyTorchJob")[0]
-    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    module = container["command"][-1]
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not in the tree yet (the training area provides it)")
-    launch = importlib.import_module(module)
-    args = launch.parse_args(container["args"])  # argparse exits on an unknown or missing option
-    assert args.stage == "stage1" and args.recipe == "/config/recipe.yaml"
+    import shlex
+
+    job = by_kind(rendered["base"], "TrainJob")[0]
+    words = shlex.split(job["spec"]["trainer"]["command"][2])
+    assert words[:4] == ["exec", "torchrun", "-m", "embedpipe.training.launch"]
+    launch = importlib.import_module(words[3])
+    args = launch.parse_args(words[4:])  # argparse exits on an unknown or missing option
+    assert args.stage == "stage1" and args.recipe_env == "EMBEDPIPE_RECIPE_JSON"
+    env = {e["name"]: e.get("value") for e in job["spec"]["trainer"]["env"]}
+    from embedpipe.recipe import recipe_from_tree
+
+    import json
+
+    assert recipe_from_tree(json.loads(env["EMBEDPIPE_RECIPE_JSON"])).training.nodes == 8
 
 
 def test_single_documents_validate_without_kubectl():

@@ -181,10 +181,18 @@ def test_manifest_and_create():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert "torchrun -m embedpipe.training.launch --recipe /tmp/recipe.json --stage stage1" in container["command"][2]
+    assert ("exec torchrun -m embedpipe.training.launch --recipe-env EMBEDPIPE_RECIPE_JSON --stage stage1"
+            in container["command"][2])
+    assert pod["serviceAccountName"] == "embedpipe-pipeline-runner"
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000}
+    assert replicas["Worker"]["template"]["metadata"]["labels"]["embedpipe.io/s3-access"] == "true"  # NetworkPolicy
     env = {e["name"]: e for e in container["env"]}
     assert json.loads(env["EMBEDPIPE_RECIPE_JSON"]["value"]) == {"name": "x"}
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "embedpipe-s3", "key": "AWS_ACCESS_KEY_ID"}
+    assert {k: env[k]["value"] for k in k8s_jobs.NCCL_ENV} == k8s_jobs.NCCL_ENV
+    trainjob = k8s_jobs.trainjob_manifest(spec)
+    assert trainjob["spec"]["trainer"]["env"] == container["env"]  # one env for both launchers
+    assert k8s_jobs.build_manifest(spec, "pytorchjob") == manifest and k8s_jobs.build_manifest(spec, "trainjob") == trainjob
 
     server = FakeApiServer([CREATED])
     try:
@@ -239,36 +247,83 @@ def test_queue_name_labels_the_job_and_every_gpu_pod_of_the_pipeline(tmp_path):
 def trainjob_spec(**extra):
     return k8s_jobs.JobSpec(
         name="embedpipe-x-stage1-0123456789", namespace="kubeflow", image="ghcr.io/embedpipe/embedpipe-train:0.1.0",
-        launch_args=["--stage", "stage1", "--out", "s3://b/model"], recipe_json='{"name": "x"}', nodes=8,
+        launch_args=["--stage", "stage1", "--records", "s3://b/r.jsonl", "--init-model", "m", "--out", "s3://b/model"],
+        recipe_json='{"name": "x"}', nodes=8,
         gpus_per_node=8, node_selector={"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         secret_envs={"embedpipe-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"}}, **extra)
 
 
 def test_trainjob_validates_against_the_trainer_v2_crd(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
+    from crd_schemas import crd_validate, run_validator
 
     manifest = k8s_jobs.trainjob_manifest(trainjob_spec(queue_name="gpu-a100"))
     assert manifest["spec"]["runtimeRef"]["name"] == "torch-distributed"
     assert manifest["spec"]["trainer"]["numNodes"] == 8 and manifest["spec"]["trainer"]["numProcPerNode"] == 8
     assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-a100"
     assert "exec torchrun -m embedpipe.training.launch" in manifest["spec"]["trainer"]["command"][2]
-    path = tmp_path / "trainjob.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "crd_validate.py"  # ../shared beside the clone
-    if not tool.is_file():
-        pytest.skip("no CRD schemas on this machine")
-    run = subprocess.run([sys.executable, str(tool), str(path)], capture_output=True, text=True)
-    assert run.returncode == 0 and "1 objects checked" in run.stdout, run.stdout + run.stderr
+    pod = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert pod["name"] == "node"
+    pod_spec = pod["template"]["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == "embedpipe-pipeline-runner" and pod_spec["securityContext"]["runAsNonRoot"]
+    assert "1 objects checked" in crd_validate([manifest], tmp_path, "trainjob")
     bad = dict(manifest, spec={**manifest["spec"], "trainer": {**manifest["spec"]["trainer"], "nprocPerNode": 8}})
-    path.write_text(yaml.safe_dump(bad))
-    assert subprocess.run([sys.executable, str(tool), str(path)], capture_output=True).returncode == 1  # strict
-    with pytest.raises(ValueError, match="deepspeed-distributed"):
-        k8s_jobs.trainjob_manifest(trainjob_spec(), runtime="deepspeed-distributed")
+    assert run_validator([bad], tmp_path, "bad").returncode == 1  # strict: an unknown field is refused
+    with pytest.raises(ValueError, match="torch-distributed or deepspeed-distributed"):
+        k8s_jobs.trainjob_manifest(trainjob_spec(), runtime="mpi-distributed")
+
+
+def test_deepspeed_runtime_trainjob_runs_mpirun_over_the_trainer_hostfile(tmp_path):
+    """deepspeed-distributed is MPI-launched (its ClusterTrainingRuntime: mlPolicy.mpi, a launcher job that is also
+    a node, sshd in the node pods): the launcher runs mpirun over Trainer's hostfile and forwards the env."""
+    import shlex
+
+    import yaml
+    from crd_schemas import crd_validate, shared_dir
+
+    manifest = k8s_jobs.trainjob_manifest(trainjob_spec(), runtime="deepspeed-distributed")
+    assert manifest["spec"]["runtimeRef"]["name"] == "deepspeed-distributed"
+    words = shlex.split(manifest["spec"]["trainer"]["command"][2])
+    assert words[:4] == ["exec", "mpirun", "--hostfile", "/etc/mpi/hostfile"]
+    tail = words[words.index("python"):]
+    assert tail[:3] == ["python", "-m", "embedpipe.training.launch"]
+    from embedpipe.training.launch import parse_args
+
+    assert parse_args(tail[3:]).recipe_env == "EMBEDPIPE_RECIPE_JSON"
+    forwarded = {words[i + 1] for i, w in enumerate(words) if w == "-x"}
+    assert {e["name"] for e in manifest["spec"]["trainer"]["env"]} <= forwarded  # remote ranks see the same env
+    jobs = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert [j["name"] for j in jobs] == ["launcher", "node"]
+    shared = shared_dir()
+    if shared is not None:  # the patched jobs are the runtime's own, and it is the MPI one
+        runtime = yaml.safe_load("\n".join(line for line in (shared / "schemas" / "deepspeed-distributed.runtime.yaml")
+                                          .read_text().splitlines() if "{{" not in line))
+        assert "mpi" in runtime["spec"]["mlPolicy"]
+        assert {j["name"] for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]} == {j["name"] for j in jobs}
+    assert "1 objects checked" in crd_validate([manifest], tmp_path, "deepspeed")
+
+
+def test_mpi_ranks_become_torch_distributed_ranks(tmp_path):
+    from embedpipe.training.launch import mpi_to_torch_env
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("embedpipe-x-node-0-0.embedpipe-x slots=8\nembedpipe-x-node-0-1.embedpipe-x slots=8\n")
+    ompi = {"OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+    assert mpi_to_torch_env(ompi, str(hostfile)) == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1",
+                                                      "MASTER_PORT": "29500",
+                                                      "MASTER_ADDR": "embedpipe-x-node-0-0.embedpipe-x"}
+    assert mpi_to_torch_env({}, str(hostfile)) == {}  # not under mpirun
+    assert mpi_to_torch_env({**ompi, "RANK": "3"}, str(hostfile)) == {}  # torchrun set them
+    with pytest.raises(RuntimeError, match="hostfile .*missing"):
+        mpi_to_torch_env(ompi, str(tmp_path / "missing"))
+
+
+def test_recipe_runtime_is_checked_when_the_recipe_loads():
+    from embedpipe.training.config import TrainingConfig
+
+    assert TrainingConfig(backend="deepspeed", runtime="deepspeed-distributed").runtime == "deepspeed-distributed"
+    with pytest.raises(ValueError, match="runtime"):
+        TrainingConfig(runtime="mpi-distributed")
 
 
 def test_trainjob_wait_reads_complete_and_failed():
@@ -289,3 +344,29 @@ def test_trainjob_wait_reads_complete_and_failed():
                                   sleep=clock.sleep, kind=k8s_jobs.TRAINJOB)
     finally:
         server.close()
+
+
+def test_every_manifest_the_launcher_submits_for_the_paper_recipe_validates(tmp_path):
+    """What run_distributed_stage submits (stage_manifest: the one builder), for stage 1 and every stage-2 variant,
+    on both Trainer runtimes and with a Kueue queue, against the TrainJob CRD (strict)."""
+    from pathlib import Path
+
+    from crd_schemas import crd_validate
+
+    from embedpipe.orchestration.steps import variant_name
+    from embedpipe.recipe import load_recipe
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "llama-embed-nemotron-8b.yaml"
+    docs = []
+    for runtime, backend in (("torch-distributed", "fsdp"), ("deepspeed-distributed", "deepspeed")):
+        recipe = load_recipe(path, ["pipeline.queue_name=gpu-a100", f"training.runtime={runtime}",
+                                    f"training.backend={backend}"])
+        docs.append(k8s_jobs.stage_manifest(recipe, "stage1", k8s_jobs.job_name(recipe.name, "run-1", "stage1"),
+                                            recipe.model.base))
+        for v in recipe.training.variants():
+            name = k8s_jobs.job_name(recipe.name, "run-1", "stage2", variant_name(v.overrides()))
+            docs.append(k8s_jobs.stage_manifest(recipe, "stage2", name, "s3://embedpipe/runs/x/stage1", v.overrides()))
+    assert len(docs) == 2 * (1 + len(recipe.training.variants()))
+    assert {d["spec"]["runtimeRef"]["name"] for d in docs} == {"torch-distributed", "deepspeed-distributed"}
+    assert all(d["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-a100" for d in docs)
+    assert crd_validate(docs, tmp_path, "paper").startswith(f"{len(docs)} objects checked (TrainJob), 0 errors")

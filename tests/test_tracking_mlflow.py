@@ -203,6 +203,10 @@ def test_cached_training_step_gets_its_child_from_the_summary(store):
     child = s.training("stage1")
     assert child.data.tags["embedpipe.cached"] == "true"
     assert [(m.step, m.value) for m in s.history(child, "stage1.loss")] == [(1, 2.0), (2, 1.5)]
+    tracking.log_metrics_to(child.info.run_id, {"dev_mean_task": 0.3, "dev_nan": float("nan")})  # scores added later
+    again = PipelineStore.load(store, "embedpipe-local").training("stage1")
+    assert again.data.metrics["dev_mean_task"] == 0.3 and "dev_nan" not in again.data.metrics
+    assert (again.info.status, again.info.end_time) == (child.info.status, child.info.end_time)
 
 
 def test_failed_training_leaves_a_failed_child_with_its_metrics(store, tiny_encoder, records_dir, tmp_path,
@@ -381,3 +385,31 @@ def test_compare_full_pipeline_merged_vs_best_variant_with_legend_outside(store,
     with pytest.raises(tracking.TrackingError, match="none of the metrics \\['nope'\\]"):
         tracking.compare_runs("embedpipe-local", parent_run_id=parent_id, metrics=["nope"])
     assert tracking.latest_pipeline_run("embedpipe-local") == parent_id
+
+
+def test_training_worker_process_logs_into_its_launchers_child_run(store, tiny_encoder, records_dir, tmp_path):
+    """``python -m embedpipe.training.launch`` (what torchrun and the TrainJob pods run): rank 0 resumes the child
+    run its launcher step opened (MLFLOW_RUN_ID, MLFLOW_TRACKING_URI inherited) and logs the steps there."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow_store import PipelineStore
+
+    from embedpipe.orchestration import publish
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", SMALL + [f"pipeline.mlflow_tracking_uri={store}"])
+    publish.open_run(recipe, "full", "kfp-workers")
+    (tmp_path / "recipe.json").write_text(recipe.model_dump_json())
+    with tracking.training_run(recipe, "kfp-workers", "stage1") as run:
+        assert tracking.worker_env() == {"MLFLOW_RUN_ID": run.info.run_id}
+        done = subprocess.run([sys.executable, "-m", "embedpipe.training.launch", "--recipe", str(tmp_path / "recipe.json"),
+                               "--stage", "stage1", "--records", str(records_dir / "records.jsonl"), "--init-model",
+                               str(tiny_encoder), "--out", str(tmp_path / "out")],
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert tracking.worker_env() == {}
+    child = PipelineStore.load(store, "embedpipe-local").training("stage1")
+    assert child.info.run_id == run.info.run_id and child.info.status == "FINISHED"
+    assert len(mlflow_history(child.info.run_id, "stage1.loss")) == 3

@@ -25,7 +25,8 @@ RECIPE = REPO / "recipes" / "local.yaml"
 SMALL = ["training.stage1.batch_size=4", "training.stage1.steps=4", "training.stage1.warmup_steps=1",
          "training.stage1.max_document_length=48", "training.stage2.batch_size=4", "training.stage2.steps=2",
          "training.stage2.max_document_length=48", "training.stage1.learning_rate=1e-3",
-         "training.stage2.learning_rate=1e-3"]
+         "training.stage2.learning_rate=1e-3",
+         "training.precision=fp32"]  # exact comparisons across backends and resumes: no bf16 autocast
 
 
 def make_records(n: int = 16, negatives: int = 4) -> list[dict]:

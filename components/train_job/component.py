@@ -12,14 +12,16 @@ def train_stage1_job(recipe_json: str, records: dsl.Input[dsl.Dataset], model: d
                      run_id: str = "") -> str:
     import json
 
+    from embedpipe import tracking
     from embedpipe.orchestration import k8s_jobs, steps
 
     recipe = steps.recipe_from_json(recipe_json)
     if recipe.model.random_init:
         raise ValueError("model.random_init is for local smoke runs; multi-node training needs a real base model")
     name = k8s_jobs.job_name(recipe.name, run_id, "stage1")  # a retried launcher finds its job again
-    return json.dumps(k8s_jobs.run_distributed_stage(recipe, "stage1", records.path, recipe.model.base, model.path,
-                                                     None, name), default=str)
+    with tracking.training_run(recipe, run_id, "stage1"):  # the job's rank 0 logs into this child run
+        return json.dumps(k8s_jobs.run_distributed_stage(recipe, "stage1", records.path, recipe.model.base,
+                                                         model.path, None, name), default=str)
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
@@ -27,10 +29,13 @@ def train_stage2_job(recipe_json: str, records: dsl.Input[dsl.Dataset], init_mod
                      variant_json: str, model: dsl.Output[dsl.Model], run_id: str = "") -> str:
     import json
 
+    from embedpipe import tracking
     from embedpipe.orchestration import k8s_jobs, steps
 
     recipe = steps.recipe_from_json(recipe_json)
     variant = json.loads(variant_json)
     name = k8s_jobs.job_name(recipe.name, run_id, "stage2", steps.variant_name(variant))
-    summary = k8s_jobs.run_distributed_stage(recipe, "stage2", records.path, init_model.path, model.path, variant, name)
+    with tracking.training_run(recipe, run_id, "stage2", variant):  # the job's rank 0 logs into this child run
+        summary = k8s_jobs.run_distributed_stage(recipe, "stage2", records.path, init_model.path, model.path, variant,
+                                                 name)
     return json.dumps({"variant": variant, **summary}, default=str)

@@ -43,7 +43,8 @@ def run(
     recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/local.yaml."),
     overrides: list[str] = typer.Option([], "--set", help="Recipe override section.key=value (repeatable)."),
     pipeline: str = typer.Option("full", help=PIPELINE_HELP),
-    run_name: str = typer.Option("", help="MLflow run name (default: MLflow's)."),
+    run_name: str = typer.Option("", help="Run name: the MLflow parent run is '<recipe> · <name>' (default: the "
+                                          "KFP run's name, embedpipe-<pipeline>-<timestamp>)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every step even if its inputs are unchanged."),
     runner: str = typer.Option("local", help="local: every step in this environment; docker: every step in its "
                                              "role image through kfp.local's DockerRunner (Docker, or podman's "
@@ -82,7 +83,9 @@ def run(
         console.print(f"cell {child['name']}: {json.dumps({k: v for k, v in child.items() if k not in ('name', 'run_id')})}")
     tracking_uri = result["tracking_uri"]
     console.print(f"MLflow:     run {result['mlflow_run_id']} in experiment {result['experiment']!r} at {tracking_uri}")
-    if not tracking_uri.startswith("http"):
+    if result.get("mlflow_url"):  # the training runs in MLflow's model-training view
+        console.print(f"            open: {result['mlflow_url']}")
+    elif not tracking_uri.startswith("http"):
         console.print(f"            view with: mlflow ui --backend-store-uri {tracking_uri}")
 
 

@@ -68,6 +68,19 @@ def register(app: typer.Typer) -> None:
 
         main(args)
 
+    @app.command("render-training")
+    def render_training(
+        recipe: Path = typer.Option(Path("recipes/llama-embed-nemotron-8b.yaml"), "--recipe", "-r", help="Recipe YAML."),
+        out: Path = typer.Option(Path("k8s/base/training"), "--out", "-o", help="Folder for trainjob.yaml / pytorchjob.yaml."),
+    ) -> None:
+        """Write the training jobs the multi-node launcher submits (TrainJob and PyTorchJob, stage 1, suspended) as
+        k8s/ templates, from the launcher's own builder."""
+        from embedpipe.orchestration.k8s_jobs import write_templates
+        from embedpipe.recipe import load_recipe
+
+        for path in write_templates(load_recipe(recipe), out, source=recipe.as_posix()):
+            typer.echo(str(path))
+
     @app.command("consolidate")
     def consolidate_cmd(
         checkpoint: Path = typer.Argument(..., help="A checkpoint folder (<checkpoint-dir>/step-N)."),

@@ -44,8 +44,22 @@ class TrainingJobTimeout(TimeoutError):
     """The training job did not finish within the step's timeout (it was deleted)."""
 
 
+# NCCL settings of every training pod (both launchers): warnings only, InfiniBand when the pool has it, the pod's
+# primary interface for the bootstrap, async error handling so a dead peer fails the step instead of hanging it
+NCCL_ENV = {"NCCL_DEBUG": "WARN", "NCCL_IB_DISABLE": "0", "NCCL_SOCKET_IFNAME": "eth0",
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+# k8s/base/rbac: the identity of pipeline pods; k8s/base/network admits pods with these labels to MinIO and MLflow
+SERVICE_ACCOUNT = "embedpipe-pipeline-runner"
+POD_LABELS = {"app.kubernetes.io/part-of": "embedpipe", "app": "embedpipe-train", "embedpipe.io/s3-access": "true",
+              "embedpipe.io/mlflow-access": "true"}
+RUNTIMES = ("torch-distributed", "deepspeed-distributed")  # the ClusterTrainingRuntimes a Trainer install ships
+MPI_HOSTFILE = "/etc/mpi/hostfile"  # where Trainer's MPI plugin mounts the hostfile (kubeflow SDK: MPI_HOSTFILE)
+
+
 @dataclass
 class JobSpec:
+    """Everything a training job manifest says, whatever its kind (one spec, one builder per kind)."""
+
     name: str
     namespace: str
     image: str
@@ -62,6 +76,9 @@ class JobSpec:
     memory: str = "200Gi"
     shm: str = "64Gi"
     queue_name: str | None = None  # Kueue LocalQueue: label on the job (Kueue's PyTorchJob/TrainJob integration)
+    service_account: str | None = SERVICE_ACCOUNT
+    run_as_user: int = 1000  # non-root (the deepspeed-distributed runtime's sshd runs as uid 1000 too)
+    suspend: bool = False  # k8s/ templates are suspended: applying them must not start 64 GPUs
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:
@@ -71,87 +88,111 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
     return labels
 
 
-def pytorchjob_manifest(spec: JobSpec) -> dict:
-    """A kubeflow.org/v1 PyTorchJob: one Master and ``nodes - 1`` Workers, ``gpus_per_node`` processes each."""
-    command = (
-        'printf "%s" "$EMBEDPIPE_RECIPE_JSON" > /tmp/recipe.json && exec torchrun -m embedpipe.training.launch '
-        + " ".join(shlex.quote(a) for a in ["--recipe", "/tmp/recipe.json", *spec.launch_args])
-    )
-    env = [{"name": "EMBEDPIPE_RECIPE_JSON", "value": spec.recipe_json}]
-    env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
-    for secret, keys in sorted(spec.secret_envs.items()):
-        env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key, var in sorted(keys.items())]
-    resources = {"cpu": spec.cpu, "memory": spec.memory, spec.gpu_resource: str(spec.gpus_per_node)}
-    pod = {
-        "metadata": {"labels": {"app.kubernetes.io/part-of": "embedpipe"}},
-        "spec": {
-            "restartPolicy": "OnFailure",
-            "nodeSelector": dict(spec.node_selector),
-            "tolerations": list(spec.tolerations),
-            "containers": [{
-                "name": "pytorch",  # the operator's required container name
-                "image": spec.image,
-                "command": ["/bin/sh", "-c", command],
-                "env": env,
-                "resources": {"requests": dict(resources), "limits": dict(resources)},
-                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
-            }],
-            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm}}],
-        },
-    }
-    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
-    if spec.nodes > 1:
-        replicas["Worker"] = {"replicas": spec.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PyTorchJob",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels(spec)},
-        "spec": {
-            "nprocPerNode": str(spec.gpus_per_node),
-            "runPolicy": {"backoffLimit": 3, "cleanPodPolicy": "None"},
-            "pytorchReplicaSpecs": replicas,
-        },
-    }
-
-
-def _launch_command(spec: JobSpec) -> str:
-    return ('printf "%s" "$EMBEDPIPE_RECIPE_JSON" > /tmp/recipe.json && exec torchrun -m embedpipe.training.launch '
-            + " ".join(shlex.quote(a) for a in ["--recipe", "/tmp/recipe.json", *spec.launch_args]))
-
-
 def _env(spec: JobSpec) -> list[dict]:
     env = [{"name": "EMBEDPIPE_RECIPE_JSON", "value": spec.recipe_json}]
-    env += [{"name": k, "value": v} for k, v in sorted(spec.env.items())]
+    env += [{"name": k, "value": v} for k, v in sorted({**NCCL_ENV, **spec.env}.items())]
     for secret, keys in sorted(spec.secret_envs.items()):
         env += [{"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
                 for key, var in sorted(keys.items())]
     return env
 
 
-def trainjob_manifest(spec: JobSpec, runtime: str = "torch-distributed") -> dict:
-    """A Kubeflow Trainer v2 TrainJob on the ClusterTrainingRuntime ``runtime``: ``nodes`` nodes x ``gpus_per_node``
-    processes (the torch plugin sets torchrun's PET_* rendezvous variables); node pool, tolerations and the shared
-    memory volume go in as a runtime patch of the runtime's ``node`` job."""
-    if runtime != "torch-distributed":
-        raise ValueError(f"training.runtime {runtime!r}: only torch-distributed runs embedpipe.training.launch under "
-                         "torchrun (the DeepSpeed backend runs on it too; deepspeed-distributed is MPI-launched)")
+def _resources(spec: JobSpec) -> dict:
     resources = {"cpu": spec.cpu, "memory": spec.memory, spec.gpu_resource: str(spec.gpus_per_node)}
+    return {"requests": dict(resources), "limits": dict(resources)}
+
+
+def _pod_spec(spec: JobSpec, containers: list[dict]) -> dict:
+    """The pod settings both launchers share: node pool, identity, non-root, shared memory in RAM."""
     pod = {"nodeSelector": dict(spec.node_selector), "tolerations": list(spec.tolerations),
-           "containers": [{"name": "node", "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}],
+           "securityContext": {"runAsNonRoot": True, "runAsUser": spec.run_as_user, "fsGroup": spec.run_as_user},
+           "containers": containers,
            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm}}]}
+    if spec.service_account:
+        pod["serviceAccountName"] = spec.service_account
+    return pod
+
+
+_MOUNTS = [{"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def _launch_script(spec: JobSpec, launcher: str = "exec torchrun -m embedpipe.training.launch") -> str:
+    return f"{launcher} " + " ".join(shlex.quote(a) for a in ["--recipe-env", "EMBEDPIPE_RECIPE_JSON",
+                                                               *spec.launch_args])
+
+
+def pytorchjob_manifest(spec: JobSpec) -> dict:
+    """A kubeflow.org/v1 PyTorchJob: one Master and ``nodes - 1`` Workers, ``gpus_per_node`` processes each."""
+    container = {"name": "pytorch",  # the operator's required container name
+                 "image": spec.image, "command": ["/bin/sh", "-c", _launch_script(spec)], "env": _env(spec),
+                 "resources": _resources(spec), "volumeMounts": list(_MOUNTS)}
+    pod = {"metadata": {"labels": dict(POD_LABELS)}, "spec": {"restartPolicy": "OnFailure",
+                                                              **_pod_spec(spec, [container])}}
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod}}
+    if spec.nodes > 1:
+        replicas["Worker"] = {"replicas": spec.nodes - 1, "restartPolicy": "OnFailure", "template": pod}
+    run_policy = {"backoffLimit": 3, "cleanPodPolicy": "None"}
+    if spec.suspend:
+        run_policy["suspend"] = True
     return {
-        "apiVersion": f"{TRAINJOB.group}/{TRAINJOB.version}",
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PyTorchJob",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels(spec)},
+        "spec": {"nprocPerNode": str(spec.gpus_per_node), "runPolicy": run_policy, "pytorchReplicaSpecs": replicas},
+    }
+
+
+def trainjob_manifest(spec: JobSpec, runtime: str = "torch-distributed") -> dict:
+    """A Kubeflow Trainer v2 TrainJob on the ClusterTrainingRuntime ``runtime``, ``nodes`` x ``gpus_per_node``
+    processes; node pool, identity, security context, NCCL env and the shared-memory volume go in as a runtime patch
+    of the runtime's pods.
+
+    - ``torch-distributed``: every node runs ``torchrun`` (the torch plugin sets its PET_* rendezvous variables).
+    - ``deepspeed-distributed``: MPI. The launcher (also a node: ``runLauncherAsNode``) runs ``mpirun`` over Trainer's
+      hostfile (``numProcPerNode`` slots per node, as the kubeflow SDK's DeepSpeed entrypoint does); the node pods run
+      sshd. ``mpirun -x`` forwards the pod's env to the remote ranks, and ``embedpipe.training.launch`` maps Open
+      MPI's ranks to torch.distributed's (``mpi_to_torch_env``). The image needs Open MPI and sshd for this runtime.
+
+    The client is the kubernetes one, not the kubeflow SDK (0.5) TrainerClient: its ``train()`` reads the runtime
+    from the API first (cluster-scoped read rights for the launcher, and no offline rendering of k8s/ from the same
+    builder), and it wraps every create error in a RuntimeError, hiding the 409 a retried launcher relies on to
+    find its job. Its RuntimePatch options produce the same ``runtimePatches`` shape this builds."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"training.runtime {runtime!r}: embedpipe runs on {' or '.join(RUNTIMES)}")
+    group = TRAINJOB.group
+    if runtime == "deepspeed-distributed":
+        forwarded = " ".join(f"-x {e['name']}" for e in _env(spec))
+        launcher = (f"exec mpirun --hostfile {MPI_HOSTFILE} --bind-to none -x PATH -x LD_LIBRARY_PATH {forwarded} "
+                    "python -m embedpipe.training.launch")
+        command = ["/bin/sh", "-c", _launch_script(spec, launcher)]
+        jobs = ["launcher", "node"]
+    else:
+        command = ["/bin/sh", "-c", _launch_script(spec)]
+        jobs = ["node"]
+    container = {"name": "node", "volumeMounts": list(_MOUNTS)}  # env: trainer.env (and mpirun -x for MPI ranks)
+    pod = {"metadata": {"labels": dict(POD_LABELS)}, "spec": _pod_spec(spec, [container])}
+    trainjob_spec = {
+        "runtimeRef": {"name": runtime, "apiGroup": group, "kind": "ClusterTrainingRuntime"},
+        "trainer": {"image": spec.image, "command": command, "env": _env(spec), "numNodes": spec.nodes,
+                    "numProcPerNode": spec.gpus_per_node, "resourcesPerNode": _resources(spec)},
+        "runtimePatches": [{"manager": "embedpipe.io/launcher", "trainingRuntimeSpec": {"template": {"spec": {
+            "replicatedJobs": [{"name": job, "template": {"spec": {"template": pod}}} for job in jobs]}}}}],
+    }
+    if spec.suspend:
+        trainjob_spec["suspend"] = True
+    return {
+        "apiVersion": f"{group}/{TRAINJOB.version}",
         "kind": TRAINJOB.kind,
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": job_labels(spec)},
-        "spec": {
-            "runtimeRef": {"name": runtime, "apiGroup": TRAINJOB.group, "kind": "ClusterTrainingRuntime"},
-            "trainer": {"image": spec.image, "command": ["/bin/sh", "-c", _launch_command(spec)], "env": _env(spec),
-                        "numNodes": spec.nodes, "numProcPerNode": spec.gpus_per_node,
-                        "resourcesPerNode": {"requests": dict(resources), "limits": dict(resources)}},
-            "runtimePatches": [{"manager": "embedpipe.io/launcher", "trainingRuntimeSpec": {"template": {"spec": {
-                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": pod}}}}]}}}}],
-        },
+        "spec": trainjob_spec,
     }
+
+
+def build_manifest(spec: JobSpec, launcher: str, runtime: str = "torch-distributed") -> dict:
+    """The manifest ``training.launcher`` submits (the one builder per kind)."""
+    if launcher not in KINDS:
+        raise ValueError(f"training.launcher {launcher!r}: one of {', '.join(KINDS)}")
+    return trainjob_manifest(spec, runtime) if KINDS[launcher] is TRAINJOB else pytorchjob_manifest(spec)
 
 
 def job_name(recipe_name: str, run_id: str, *parts: str) -> str:
@@ -245,42 +286,102 @@ def wait_for_job(api_client, name: str, namespace: str, timeout_s: float, poll_s
         sleep(poll_s)
 
 
+def stage_launch(pipeline, stage: str, job_name: str, init_uri: str, variant: dict | None) -> tuple[str, list[str]]:
+    """(the job's S3 folder, the ``embedpipe.training.launch`` arguments) of one stage run as job ``job_name``."""
+    from embedpipe import storage
+
+    root = storage.join(pipeline.artifact_root, "jobs", job_name)
+    args = ["--stage", stage, "--records", storage.join(root, "records.jsonl"), "--init-model", init_uri,
+            "--out", storage.join(root, "model"), "--checkpoint-dir", storage.join(root, "checkpoints")]
+    if variant:
+        args += ["--variant", json.dumps(variant, sort_keys=True)]
+    return root, args
+
+
+def job_spec(recipe, job_name: str, launch_args: list[str], suspend: bool = False) -> JobSpec:
+    """The JobSpec of a recipe's multi-node stage: image, node pool, GPUs, secrets and queue from its sections."""
+    from embedpipe import tracking
+    from embedpipe.orchestration.images import image
+
+    pipeline, training = recipe.pipeline, recipe.training
+    env = {"EMBEDPIPE_S3_ENDPOINT": pipeline.s3_endpoint or "", "EMBEDPIPE_S3_SECURE": str(pipeline.s3_secure).lower(),
+           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri,
+           **tracking.worker_env()}  # rank 0 logs into the launcher's child run (tracking.training_run)
+    return JobSpec(
+        name=job_name, namespace=pipeline.namespace, image=image("train", pipeline.image_registry, pipeline.image_tag),
+        launch_args=launch_args, recipe_json=recipe.model_dump_json(), nodes=training.nodes,
+        gpus_per_node=training.gpus_per_node, gpu_resource=pipeline.gpu_accelerator,
+        node_selector=dict(pipeline.gpu_node_selector),
+        tolerations=[t.model_dump(exclude_none=True) for t in pipeline.gpu_tolerations],
+        secret_envs={pipeline.s3_secret: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                                          "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}},
+        env=env, queue_name=pipeline.queue_name, suspend=suspend,
+    )
+
+
+def stage_manifest(recipe, stage: str, job_name: str, init_uri: str, variant: dict | None = None,
+                   suspend: bool = False) -> dict:
+    """The manifest the launcher submits for ``stage`` (``training.launcher`` / ``training.runtime`` of the recipe)."""
+    _, args = stage_launch(recipe.pipeline, stage, job_name, init_uri, variant)
+    spec = job_spec(recipe, job_name, args, suspend=suspend)
+    return build_manifest(spec, recipe.training.launcher, recipe.training.runtime)
+
+
+TEMPLATE_NAME = "embedpipe-train"
+
+
+def render_templates(recipe) -> dict[str, dict]:
+    """k8s/base/training: stage 1 of ``recipe`` as each launcher kind would submit it (named ``embedpipe-train``,
+    suspended, so that ``kubectl apply`` shows the object without starting a job). ``embedpipe render-training``
+    writes them; a test checks that the committed files equal this."""
+    out = {}
+    for launcher, runtime, filename in (("trainjob", recipe.training.runtime, "trainjob.yaml"),
+                                        ("pytorchjob", None, "pytorchjob.yaml")):
+        section = {"launcher": launcher, **({"runtime": runtime} if runtime else {})}
+        variant = recipe.model_copy(update={"training": recipe.training.model_copy(update=section)})
+        out[filename] = stage_manifest(variant, "stage1", TEMPLATE_NAME, recipe.model.base, suspend=True)
+    return out
+
+
+def write_templates(recipe, out_dir, source: str) -> list:
+    """Write :func:`render_templates` as YAML files under ``out_dir`` (a header names the recipe and the command)."""
+    from pathlib import Path
+
+    import yaml
+
+    paths = []
+    for filename, manifest in render_templates(recipe).items():
+        path = Path(out_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = (f"# Generated by `embedpipe render-training --recipe {source}` from the launcher's builder\n"
+                  f"# (embedpipe.orchestration.k8s_jobs); do not edit. Suspended: unsuspend to run stage 1.\n")
+        path.write_text(header + yaml.safe_dump(manifest, sort_keys=False, width=120))
+        paths.append(path)
+    return paths
+
+
 def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str, out_dir: str,
                           variant: dict | None, job_name: str, api_client=None, poll_s: float = 30.0) -> dict:
-    """Stage inputs on S3, run the stage as a PyTorchJob, wait, and download the export into ``out_dir``."""
+    """Stage inputs on S3, run the stage as a TrainJob / PyTorchJob, wait, and download the export into ``out_dir``.
+
+    A retried launcher (same run, same ``job_name``) finds its job again (409) and waits on it; the job's pods resume
+    from the last checkpoint under the job's folder."""
     from pathlib import Path
 
     from embedpipe import storage
-    from embedpipe.orchestration.images import image
 
     pipeline = recipe.pipeline
     if not storage.is_remote(pipeline.artifact_root):
         raise ValueError("multi-node training needs pipeline.artifact_root on s3:// (the workers read their inputs there)")
     storage.configure(pipeline.s3_endpoint, pipeline.s3_secure)
     root = storage.join(pipeline.artifact_root, "jobs", job_name)
-    records_uri = storage.join(root, "records.jsonl")
-    storage.upload(Path(records_dir) / "records.jsonl", records_uri)
+    storage.upload(Path(records_dir) / "records.jsonl", storage.join(root, "records.jsonl"))
     init_uri = init_model
     if Path(init_model).exists():
         init_uri = storage.join(root, "init")
         storage.upload(init_model, init_uri)
     out_uri = storage.join(root, "model")
-    args = ["--stage", stage, "--records", records_uri, "--init-model", init_uri, "--out", out_uri,
-            "--checkpoint-dir", storage.join(root, "checkpoints")]
-    if variant:
-        args += ["--variant", json.dumps(variant, sort_keys=True)]
-    env = {"EMBEDPIPE_S3_ENDPOINT": pipeline.s3_endpoint or "", "EMBEDPIPE_S3_SECURE": str(pipeline.s3_secure).lower(),
-           "MLFLOW_TRACKING_URI": pipeline.mlflow_tracking_uri}
-    spec = JobSpec(
-        name=job_name, namespace=pipeline.namespace, image=image("train", pipeline.image_registry, pipeline.image_tag),
-        launch_args=args, recipe_json=recipe.model_dump_json(), nodes=recipe.training.nodes,
-        gpus_per_node=recipe.training.gpus_per_node, gpu_resource=pipeline.gpu_accelerator,
-        node_selector=pipeline.gpu_node_selector,
-        tolerations=[t.model_dump(exclude_none=True) for t in pipeline.gpu_tolerations],
-        secret_envs={pipeline.s3_secret: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                          "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}},
-        env=env, queue_name=pipeline.queue_name,
-    )
+    manifest = stage_manifest(recipe, stage, job_name, init_uri, variant)
     if api_client is None:
         from embedpipe.deploy.apply import kube_client
 
@@ -288,7 +389,6 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
         if api_client is None:
             raise RuntimeError("no Kubernetes API to create the training job (no kubeconfig, not in a cluster)")
     kind = KINDS[recipe.training.launcher]
-    manifest = trainjob_manifest(spec, recipe.training.runtime) if kind is TRAINJOB else pytorchjob_manifest(spec)
     create_job(api_client, manifest, kind)
     wait_for_job(api_client, job_name, pipeline.namespace, timeout_s=pipeline.job_timeout_s, poll_s=poll_s, kind=kind)
     storage.download(out_uri, out_dir)

@@ -46,9 +46,12 @@ def open_run(recipe: Recipe, pipeline: str, kfp_run_id: str, run_name: str = "",
     """The pipeline's first step: open its MLflow parent run (see tracking.open_pipeline_run); returns its id."""
     _setup(recipe)
     run_id = tracking.open_pipeline_run(recipe, pipeline, kfp_run_id, run_name=run_name, kfp_run_name=kfp_run_name)
-    log.info("MLflow parent run %s: %s", run_id,
-             tracking.ui_url(recipe.pipeline.mlflow_tracking_uri, tracking.experiment_id(recipe.experiment_name), run_id))
+    log.info("MLflow parent run %s: %s", run_id, _ui_url(recipe, run_id))
     return run_id
+
+
+def _ui_url(recipe: Recipe, run_id: str) -> str:
+    return tracking.ui_url(recipe.pipeline.mlflow_tracking_uri, tracking.experiment_id(recipe.experiment_name), run_id)
 
 
 def record_training(recipe: Recipe, parent_run_id: str, summary: dict, stage: str, variant: dict | None = None,
@@ -114,7 +117,7 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
         mlflow.log_artifact(manifest_path, "deploy")
         mlflow.set_tags({"embedpipe.model_uri": model_uri})
     closed = tracking.close_pipeline_run(run_id)
-    return {"mlflow_run_id": run_id, "mlflow_run_seconds": closed["seconds"], "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
+    return {"mlflow_run_id": run_id, "mlflow_run_seconds": closed["seconds"], "mlflow_url": _ui_url(recipe, run_id), "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
             "model_uri": model_uri, "scores_uri": scores_uri, "scores": _headline(scores), **registration,
             "manifest": manifest_path, "inference_service": manifest.get("metadata", {}).get("name")}
 
@@ -179,7 +182,8 @@ def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dic
                               "dev_mean_task": result["dev"].get("mean_task")})
     closed = tracking.close_pipeline_run(run.info.run_id)
     return {"mlflow_run_id": run.info.run_id, "mlflow_run_seconds": closed["seconds"],
-            "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(), "children": cells}
+            "mlflow_url": _ui_url(recipe, run.info.run_id), "experiment": recipe.experiment_name,
+            "tracking_uri": mlflow.get_tracking_uri(), "children": cells}
 
 
 def _add_params(client, run_id: str, params: dict[str, str]) -> None:

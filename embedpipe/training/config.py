@@ -94,7 +94,8 @@ class TrainingConfig(Section):
     export_dtype: Literal["training", "fp32"] = "training"
     # multi-node: a Kubeflow Trainer v2 TrainJob on this ClusterTrainingRuntime, or a v1 PyTorchJob ("pytorchjob")
     launcher: Literal["trainjob", "pytorchjob"] = "trainjob"
-    runtime: str = "torch-distributed"
+    # torch-distributed: torchrun on every node; deepspeed-distributed: MPI (mpirun over Trainer's hostfile)
+    runtime: Literal["torch-distributed", "deepspeed-distributed"] = "torch-distributed"
 
     @model_validator(mode="before")
     @classmethod

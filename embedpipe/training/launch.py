@@ -18,7 +18,10 @@ import sys
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m embedpipe.training.launch", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--recipe", help="recipe YAML/JSON file")
+    source.add_argument("--recipe-env", metavar="VAR", help="read the recipe JSON from this environment variable "
+                        "(training jobs: EMBEDPIPE_RECIPE_JSON)")
     parser.add_argument("--stage", required=True, choices=["stage1", "stage2"])
     parser.add_argument("--records", required=True, help="records JSONL/Parquet (local or s3://), with mined negatives")
     parser.add_argument("--init-model", required=True, help="encoder export or base checkpoint")
@@ -31,16 +34,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def mpi_to_torch_env(environ=None, hostfile: str = "/etc/mpi/hostfile") -> dict[str, str]:
+    """torch.distributed's variables for a process that ``mpirun`` started (Trainer's deepspeed-distributed runtime):
+    RANK / WORLD_SIZE / LOCAL_RANK from Open MPI's, MASTER_ADDR the first host of the hostfile (the launcher, which
+    runs rank 0 as a node). Empty when not under Open MPI, or when torchrun set them already."""
+    environ = os.environ if environ is None else environ
+    if "OMPI_COMM_WORLD_RANK" not in environ or "RANK" in environ:
+        return {}
+    env = {"RANK": environ["OMPI_COMM_WORLD_RANK"], "WORLD_SIZE": environ["OMPI_COMM_WORLD_SIZE"],
+           "LOCAL_RANK": environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"),
+           "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
+    if "MASTER_ADDR" in environ:
+        env["MASTER_ADDR"] = environ["MASTER_ADDR"]
+    else:
+        try:
+            with open(hostfile) as handle:
+                hosts = [line.split()[0] for line in handle if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as err:
+            raise RuntimeError(f"started by mpirun but the MPI hostfile {hostfile} is unreadable ({err}): "
+                               "set MASTER_ADDR") from None
+        if not hosts:
+            raise RuntimeError(f"started by mpirun but the MPI hostfile {hostfile} lists no host: set MASTER_ADDR")
+        env["MASTER_ADDR"] = hosts[0]
+    return env
+
+
+def load_launch_recipe(args: argparse.Namespace):
+    """The recipe from ``--recipe`` (a file, with ``--set`` overrides) or ``--recipe-env`` (JSON in a variable)."""
+    from embedpipe.recipe import RecipeError, load_recipe, recipe_from_tree
+
+    if args.recipe_env:
+        text = os.environ.get(args.recipe_env)
+        if not text:
+            raise RecipeError(f"--recipe-env {args.recipe_env}: the variable is unset or empty")
+        try:
+            tree = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"${args.recipe_env}: not a recipe JSON ({err})") from None
+        return recipe_from_tree(tree, args.overrides, origin=f"${args.recipe_env}")
+    return load_recipe(args.recipe, args.overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.update(mpi_to_torch_env())
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
     from embedpipe import tracking
-    from embedpipe.recipe import load_recipe
     from embedpipe.training.run import train_stage
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_launch_recipe(args)
     variant = json.loads(args.variant) if args.variant else None
     with tracking.resumed_run(rank):  # rank 0 logs into the child run its launcher opened (MLFLOW_RUN_ID)
         summary = train_stage(recipe, args.stage, args.records, args.init_model, args.out, variant=variant,

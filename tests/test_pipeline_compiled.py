@@ -3,6 +3,8 @@ secret references for the GPU steps."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -46,7 +48,8 @@ def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
     docs = compiled[("local", "full")]
     executors, platform = _executors(docs[0]), _platform(docs)
     gpu_executors = {k for k, v in executors.items() if "accelerator" in v["container"].get("resources", {})}
-    assert {k.removeprefix("exec-") for k in gpu_executors} == GPU_STEPS
+    # evaluate, evaluate-2, evaluate-3: the merged, base and stage-1 models
+    assert {re.sub(r"-\d+$", "", k.removeprefix("exec-")) for k in gpu_executors} == GPU_STEPS
     for name in gpu_executors:
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -78,6 +81,14 @@ def test_full_pipeline_shape(compiled):
     loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
     assert {role(t) for n, t in loop.items() if n.startswith("evaluate")} == {"dev"}  # each variant, dev only
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"].endswith("plan-variants-Output")
+    # the merged model, the untrained base and the stage-1 model on the same tasks
+    from embedpipe.pipelines.full import EVALUATED
+
+    evaluated = {t["taskInfo"]["name"]: t["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+                 for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate")}
+    assert evaluated == {EVALUATED["merged"]: {"producerTask": "merge", "outputArtifactKey": "merged"},
+                         EVALUATED["base"]: {"producerTask": "base-encoder", "outputArtifactKey": "model"},
+                         EVALUATED["stage1"]: {"producerTask": "train-stage1", "outputArtifactKey": "model"}}
     merge_input = tasks["merge"]["inputs"]["artifacts"]["models"]["taskOutputArtifact"]
     assert merge_input["producerTask"] == "for-loop-1"  # dsl.Collected over the stage-2 runs
     images = {e["container"]["image"] for e in _executors(spec).values()}

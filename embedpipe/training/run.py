@@ -115,7 +115,9 @@ def load_stage_records(recipe, stage: str, records_path, stage_cfg: StageConfig,
     from embedpipe.data.schema import read_records
 
     records = read_records(storage.local_copy(str(records_path)))
-    return select_stage_records(records, recipe, stage, weights_override=stage_cfg.data_weights,
+    # the stage's data weights, then a stage-2 variant's on top (key by key)
+    weights = {**(getattr(recipe.training, stage).data_weights or {}), **(stage_cfg.data_weights or {})}
+    return select_stage_records(records, recipe.data, stage, weights_override=weights or None,
                                 seed=recipe.training.seed, task_types=stage_cfg.task_types)
 
 

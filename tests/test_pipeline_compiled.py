@@ -39,16 +39,14 @@ def _platform(docs: list[dict]) -> dict:
     return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-# evaluate-2/-3: the dev evaluations of the stage-2 variants and of the merged model (their own MLflow settings)
-GPU_STEPS = {"synthesize", "synthesize-generator", "mine", "train-stage1", "train-stage2", "evaluate", "evaluate-2",
-             "evaluate-3"}
+GPU_STEPS = {"synthesize", "synthesize-generator", "mine", "train-stage1", "train-stage2", "evaluate"}
 
 
 def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
     docs = compiled[("local", "full")]
     executors, platform = _executors(docs[0]), _platform(docs)
     gpu_executors = {k for k, v in executors.items() if "accelerator" in v["container"].get("resources", {})}
-    # evaluate, evaluate-2, evaluate-3: the merged, base and stage-1 models
+    # evaluate, evaluate-2...: the merged, base and stage-1 models (test), each variant and the merged one (dev)
     assert {re.sub(r"-\d+$", "", k.removeprefix("exec-")) for k in gpu_executors} == GPU_STEPS
     for name in gpu_executors:
         resources = executors[name]["container"]["resources"]
@@ -85,7 +83,7 @@ def test_full_pipeline_shape(compiled):
     from embedpipe.pipelines.full import EVALUATED
 
     evaluated = {t["taskInfo"]["name"]: t["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
-                 for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate")}
+                 for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate") and role(t) == "test"}
     assert evaluated == {EVALUATED["merged"]: {"producerTask": "merge", "outputArtifactKey": "merged"},
                          EVALUATED["base"]: {"producerTask": "base-encoder", "outputArtifactKey": "model"},
                          EVALUATED["stage1"]: {"producerTask": "train-stage1", "outputArtifactKey": "model"}}

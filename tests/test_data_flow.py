@@ -85,8 +85,8 @@ def test_every_sdg_task_reaches_a_stage2_batch(tmp_path, llm_server, tiny_encode
     classification = [r for r in records.values() if r.task_type == "classification"]
     assert classification and all(len(r.negatives) >= 2 and r.positives[0] not in r.negatives for r in classification)
 
-    stage_cfg = resolve_stage(recipe, "stage2", None)
-    stage = load_stage_records(recipe, "stage2", mined / "records.jsonl", stage_cfg, None)
+    stage_cfg = resolve_stage(recipe.training, "stage2", None)
+    stage = load_stage_records(recipe.data, recipe.training, "stage2", mined / "records.jsonl", stage_cfg)
     stage = [r for r in stage if len(r.negatives) >= stage_cfg.hard_negatives]  # short_records: drop
     tok = AutoTokenizer.from_pretrained(str(tiny_encoder))
     examples = build_examples(stage, tok, stage_cfg.hard_negatives, 32, 32)

@@ -76,8 +76,10 @@ def record_training(recipe: Recipe, parent_run_id: str, summary: dict, stage: st
                                  params={f"variant.{k}": v for k, v in (variant or {}).items()}) as run:
             tracking.log_training(summary, history, stage)
         return run.info.run_id
-    client = mlflow.MlflowClient()  # the live child: add the files, leave its status and times alone
+    client = mlflow.MlflowClient()  # the live child: add the files and figures, leave its status and times alone
     run_id = child.info.run_id
+    figures = {f"{stage}.{k}": v for k, v in tracking.numeric_metrics(dict(summary)).items()}
+    tracking.log_metrics_to(run_id, {k: v for k, v in figures.items() if k not in child.data.metrics})
     client.log_dict(run_id, json.loads(json.dumps(summary, default=str)), f"training/{stage}/summary.json")
     if history:
         with tempfile.TemporaryDirectory() as tmp:

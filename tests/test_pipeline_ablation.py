@@ -102,6 +102,7 @@ def tiny_ablation_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # ~25 kfp.local steps; on this shared 2-core machine (load ~15) it ran past 15 minutes
 def test_ablation_pipeline_end_to_end_in_mlflow(tmp_path, monkeypatch):
     from embedpipe.orchestration.local_runner import run_local
     from embedpipe.pipelines import PIPELINES

@@ -61,7 +61,7 @@ def main() -> None:
                                   "weight_stage2": 0.5}]}}))
         recipe = load_recipe(recipe_path)
         started = time.perf_counter()
-        manifest = build_training_data(recipe, tmp / "out")
+        manifest = build_training_data(recipe.data, tmp / "out")
         ours = time.perf_counter() - started
 
         started = time.perf_counter()

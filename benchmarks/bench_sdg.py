@@ -59,7 +59,7 @@ def bench_transformers(tmp: Path, n: int, max_new_tokens: int, threads: int) -> 
     corpus_path = _corpus(tmp, n)
     base = ensure_base_checkpoint()
     started = time.perf_counter()
-    summary = generate_synthetic(recipe, corpus_path, tmp / "sdg-transformers")
+    summary = generate_synthetic(recipe.sdg, corpus_path, tmp / "sdg-transformers")
     ours = time.perf_counter() - started
 
     prompts = [render("query_generation", **item.params) for shard in plan(recipe.sdg, load_seed_corpus(recipe.sdg, corpus_path))
@@ -127,7 +127,7 @@ def bench_openai(tmp: Path, n: int, latency_ms: float) -> dict:
         recipe = _recipe(tmp, sdg)
         corpus_path = _corpus(tmp, 10_000)
         started = time.perf_counter()
-        summary = generate_synthetic(recipe, corpus_path, tmp / "sdg-openai")
+        summary = generate_synthetic(recipe.sdg, corpus_path, tmp / "sdg-openai")
         ours = time.perf_counter() - started
         prompts = [render("query_generation", **item.params)
                    for shard in plan(recipe.sdg, load_seed_corpus(recipe.sdg, corpus_path)) for item in shard.items]

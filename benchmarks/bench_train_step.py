@@ -151,7 +151,7 @@ def main() -> None:
     from embedpipe.training.backends import make_backend
     from embedpipe.training.data import build_examples
     from embedpipe.training.losses import build_loss
-    from embedpipe.training.run import load_init_model, micro_batch_loss
+    from embedpipe.training.run import load_init_encoder, micro_batch_loss, training_encoder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-step-"))
     export = convert_checkpoint(ensure_base_checkpoint(), tmp / "encoder", max_length=args.max_doc,
@@ -163,9 +163,11 @@ def main() -> None:
     recipe = load_recipe(REPO / "recipes" / "local.yaml", {"training.stage1.batch_size": args.batch,
                                                            "training.stage1.warmup_steps": 0})
     stage = recipe.training.stage1
-    model, tokenizer, _ = load_init_model(export)
+    init, _ = load_init_encoder(export)
+    model, tokenizer = init.model, init.tokenizer
     model.train()
     backend = make_backend("torch", model, stage, recipe.training, torch.device("cpu"), 0, 1, 1, False, args.batch)
+    encoder = training_encoder(backend, tokenizer, stage)
     loss_fn = build_loss("hard_negative_infonce", 0.02)
 
     def our_step(batch) -> tuple[float, int]:
@@ -173,8 +175,8 @@ def main() -> None:
         records = [Record(id=str(i), query=q, positives=[p], negatives=[n], instruction=INSTRUCTION)
                    for i, (q, p, n) in enumerate(batch)]
         ex = build_examples(records, tokenizer, 1, args.max_query, args.max_doc)
-        loss, real, _ = micro_batch_loss(backend, loss_fn, ex, list(range(len(ex))), 1, tokenizer.pad_token_id,
-                                         torch.device("cpu"), stage.max_tokens_per_forward)
+        loss, real, _ = micro_batch_loss(backend, encoder, loss_fn, ex, list(range(len(ex))), 1,
+                                         stage.max_tokens_per_forward)
         backend.backward(loss)
         backend.step()
         return time.perf_counter() - t0, real

@@ -1,13 +1,16 @@
 """The full pipeline: data build -> SDG -> mining -> stage 1 -> N stage-2 runs (ParallelFor) -> merge (Collected) ->
 MTEB evaluation -> MLflow (runs, model registry) + KServe manifest. The same definition runs locally (kfp.local,
-embedpipe run) and on Kubeflow (embedpipe compile / submit)."""
+embedpipe run) and on Kubeflow (embedpipe compile / submit).
+
+The untrained base and the stage-1 model are evaluated on the same tasks as the merged model, so a run shows what
+each stage added (``embedpipe run`` prints the three side by side)."""
 
 
 from kfp import dsl
 
 from embedpipe.components.data.component import build_data
 from embedpipe.components.download.component import download_models
-from embedpipe.components.evaluate.component import evaluate, evaluate_group, merge_evaluations
+from embedpipe.components.evaluate.component import base_encoder, evaluate, evaluate_group, merge_evaluations
 from embedpipe.components.merge.component import merge
 from embedpipe.components.mining.component import embed_corpus, mine
 from embedpipe.components.plan.component import plan_variants
@@ -33,6 +36,26 @@ def sdg_steps(settings: ClusterSettings, recipe_json, data, after):
         .after(*generated).set_display_name("SDG filter")
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's id: its training checkpoints live under it
+
+# the display name of the step whose summary holds each model's scores (what `embedpipe run` reads for its table)
+MODELS = {"base": "base", "stage1": "stage 1", "merged": "merged"}
+EVALUATED = {key: f"MTEB evaluation ({name})" for key, name in MODELS.items()}
+
+
+def evaluation_steps(settings: ClusterSettings, recipe_json, model, data, which: str):
+    """MTEB evaluation of ``model`` on the recipe's tasks and the data step's held-out tasks: one pod, or (with
+    ``evaluation.groups`` above 1) one pod per task group, then one results folder. Returns the task whose
+    ``results`` and summary hold the scores, named ``EVALUATED[which]``."""
+    if settings.eval_groups > 1:  # the tasks fan out over pods; one results folder after
+        n = settings.eval_groups
+        with dsl.ParallelFor(list(range(n)), name=f"evaluation-groups-{which}", parallelism=n) as group:
+            part = on_gpus(evaluate_group(recipe_json=recipe_json, model=model, data=data, group=group, groups=n),
+                           settings, 1)
+            part.set_display_name(f"MTEB task group ({MODELS[which]})")
+        return on_cpu(merge_evaluations(recipe_json=recipe_json, groups=dsl.Collected(part.outputs["results"])),
+                      settings, "2", "8Gi").set_display_name(EVALUATED[which])
+    return on_gpus(evaluate(recipe_json=recipe_json, model=model, data=data), settings, 1) \
+        .set_display_name(EVALUATED[which])
 
 
 def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
@@ -78,20 +101,26 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
             stage2 = with_mlflow(train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant),
                                  settings)
             stage2.set_display_name("stage 2")
+            if settings.dev_tasks:  # each variant's dev scores, into its own child run (model selection, never test)
+                dev = on_gpus(evaluate(recipe_json=recipe_json, model=stage2.outputs["model"], data=data.outputs["data"],
+                                       role="dev", run_id=RUN_ID, job_stage="stage2", job_variant_json=variant),
+                              settings, 1)
+                with_mlflow(dev, settings).set_display_name("dev evaluation")
         merged = with_models(on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
                                data=data.outputs["data"]),
                         settings, "8", "64Gi"), settings).set_display_name("merge")
-        if settings.eval_groups > 1:  # the tasks fan out over pods; one results folder after
-            n = settings.eval_groups
-            with dsl.ParallelFor(list(range(n)), name="evaluation-groups", parallelism=n) as group:
-                part = on_gpus(evaluate_group(recipe_json=recipe_json, model=merged.outputs["merged"],
-                                              data=data.outputs["data"], group=group, groups=n), settings, 1)
-                part.set_display_name("MTEB task group")
-            scores = on_cpu(merge_evaluations(recipe_json=recipe_json, groups=dsl.Collected(part.outputs["results"])),
-                            settings, "2", "8Gi").set_display_name("MTEB results merge")
-        else:
-            scores = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
-                                      data=data.outputs["data"]), settings, 1).set_display_name("MTEB evaluation")
+        scores = evaluation_steps(settings, recipe_json, merged.outputs["merged"], data.outputs["data"], "merged")
+        # the same tasks on the untrained base and the stage-1 model: what each stage added
+        base = with_models(on_cpu(base_encoder(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
+            .after(fetched).set_display_name("base encoder")
+        evaluation_steps(settings, recipe_json, base.outputs["model"], data.outputs["data"], "base")
+        evaluation_steps(settings, recipe_json, stage1.outputs["model"], data.outputs["data"], "stage1")
+        merged_dev = None
+        if settings.dev_tasks:  # the merged model on the dev tasks too (beside the variants': merged vs best single)
+            merged_dev = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
+                                          data=data.outputs["data"], role="dev", run_id=RUN_ID, to_parent=True),
+                                 settings, 1)
+            with_mlflow(merged_dev, settings).set_display_name("merged: dev evaluation")
         tracked = track_full(recipe_json=recipe_json, run_name=run_name, data=data.outputs["data"],
                              records=mined.outputs["records"], stage1_summary=stage1.outputs["Output"],
                              stage2_summaries=dsl.Collected(stage2.outputs["Output"]), merged=merged.outputs["merged"],
@@ -99,6 +128,8 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                              parent_run_id=tracking.output)
         with_mlflow(on_cpu(tracked, settings, "2", "16Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow + KServe manifest")
+        if merged_dev is not None:
+            tracked.after(merged_dev)
         return tracked.outputs["Output"]
 
     return full

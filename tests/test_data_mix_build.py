@@ -38,38 +38,37 @@ SOURCES = [
 def test_stage_mix_follows_weights(tmp_path):
     recipe = _recipe(tmp_path, SOURCES)
     records = _records("a", 100) + _records("b", 100) + _records("c", 40, task="sts")
-    stage1 = Counter(r.source for r in select_stage_records(records, recipe, "stage1"))
+    stage1 = Counter(r.source for r in select_stage_records(records, recipe.data, "stage1"))
     assert stage1 == {"a": 100, "b": 200}  # weight 2 = every record twice, weight 0 = left out
-    stage2 = Counter(r.source for r in select_stage_records(records, recipe, "stage2"))
+    stage2 = Counter(r.source for r in select_stage_records(records, recipe.data, "stage2"))
     assert stage2 == {"a": 100, "b": 50, "c": 40}
     # each record of an upsampled source appears exactly twice
-    assert set(Counter(r.id for r in select_stage_records(records, recipe, "stage1") if r.source == "b").values()) == {2}
+    assert set(Counter(r.id for r in select_stage_records(records, recipe.data, "stage1") if r.source == "b").values()) == {2}
 
 
 def test_stage_size_rescales_keeping_proportions_and_is_seeded(tmp_path):
     recipe = _recipe(tmp_path, SOURCES, stage1_records=90, stage2_records=38)
     records = _records("a", 100) + _records("b", 100) + _records("c", 40, task="sts")
-    first = select_stage_records(records, recipe, "stage1")
+    first = select_stage_records(records, recipe.data, "stage1")
     assert Counter(r.source for r in first) == {"a": 30, "b": 60}
-    assert [r.id for r in select_stage_records(records, recipe, "stage1")] == [r.id for r in first]
-    assert [r.id for r in select_stage_records(records, recipe, "stage1", seed=1)] != [r.id for r in first]
-    assert Counter(r.source for r in select_stage_records(records, recipe, "stage2")) == {"a": 20, "b": 10, "c": 8}
+    assert [r.id for r in select_stage_records(records, recipe.data, "stage1")] == [r.id for r in first]
+    assert [r.id for r in select_stage_records(records, recipe.data, "stage1", seed=1)] != [r.id for r in first]
+    assert Counter(r.source for r in select_stage_records(records, recipe.data, "stage2")) == {"a": 20, "b": 10, "c": 8}
 
 
 def test_overrides_and_stage_task_types(tmp_path):
     recipe = _recipe(tmp_path, SOURCES)
     records = _records("a", 10) + _records("b", 10) + _records("c", 10, task="sts")
-    mixed = Counter(r.source for r in select_stage_records(records, recipe, "stage2", weights_override={"a": 3.0, "c": 0}))
+    mixed = Counter(r.source for r in select_stage_records(records, recipe.data, "stage2", weights_override={"a": 3.0, "c": 0}))
     assert mixed == {"a": 30, "b": 5}
-    recipe.training.stage2.task_types = ["sts"]
-    assert Counter(r.source for r in select_stage_records(records, recipe, "stage2")) == {"c": 10}
-    # a stage-2 variant's own task types win over the stage's
-    assert Counter(r.source for r in select_stage_records(records, recipe, "stage2", task_types=["retrieval"])) \
+    assert Counter(r.source for r in select_stage_records(records, recipe.data, "stage2", task_types=["sts"])) \
+        == {"c": 10}
+    assert Counter(r.source for r in select_stage_records(records, recipe.data, "stage2", task_types=["retrieval"])) \
         == {"a": 10, "b": 5}
     with pytest.raises(ValueError, match="unknown source 'zzz'"):
-        select_stage_records(records, recipe, "stage2", weights_override={"zzz": 1.0})
+        select_stage_records(records, recipe.data, "stage2", weights_override={"zzz": 1.0})
     with pytest.raises(ValueError, match="stage must be"):
-        select_stage_records(records, recipe, "stage3")
+        select_stage_records(records, recipe.data, "stage3")
 
 
 def test_allocate_rounds_to_the_total():
@@ -96,7 +95,7 @@ def test_build_embedded_default(tmp_path):
 
     recipe = load_recipe(recipes_dir() / "local.yaml")
     out = tmp_path / "data"
-    manifest = build_training_data(recipe, out)
+    manifest = build_training_data(recipe.data, out, stages={"stage1": recipe.training.stage1, "stage2": recipe.training.stage2})
     records = read_records(out / "records.jsonl")
     assert manifest["records"] == len(records) >= 200
     assert manifest["by_source"] == {"pydoc": len(records)}
@@ -135,7 +134,7 @@ def test_build_decontaminates_against_a_named_eval_set_and_counts_drops(tmp_path
     (evalset / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\neq\te1\t1\n")
     recipe = _recipe(tmp_path, [{"name": "qa", "kind": "jsonl", "path": str(train)}],
                      decontaminate_against=[str(evalset)])
-    manifest = build_training_data(recipe, tmp_path / "out")
+    manifest = build_training_data(recipe.data, tmp_path / "out")
     assert [r.query for r in read_records(tmp_path / "out" / "records.jsonl")] == ["what is a list"]
     assert manifest["decontamination"]["by_source"] == {"qa": 2}
     assert manifest["dropped"] == {"qa": {"empty_text": 1}}
@@ -143,23 +142,36 @@ def test_build_decontaminates_against_a_named_eval_set_and_counts_drops(tmp_path
     assert "keys to values" not in corpus  # the eval document left the mining corpus too
     strict = _recipe(tmp_path, [{"name": "qa", "kind": "jsonl", "path": str(train)}], lenient=False)
     with pytest.raises(ValueError, match=r"source 'qa'.*'empty_text': 1"):
-        build_training_data(strict, tmp_path / "strict")
+        build_training_data(strict.data, tmp_path / "strict")
 
 
-def test_combine_records_adds_synthetic_and_decontaminates(tmp_path):
-    from embedpipe.data.build import combine_records, write_beir
+def test_combine_for_mining_adds_synthetic_decontaminates_it_once_and_lists_its_documents(tmp_path):
+    from embedpipe.data.build import combine_for_mining, write_beir
     from embedpipe.data.schema import write_records
 
     write_records(_records("a", 3), tmp_path / "records.jsonl")
-    write_records(_records("a", 1) + [Record(id="s1", query="held out query", positives=["p"], source="synthetic",
-                                             generator="g")], tmp_path / "synthetic.jsonl")
+    write_records(_records("a", 1) + [
+        Record(id="s1", query="held out query", positives=["p"], source="synthetic", generator="g"),
+        Record(id="synthetic-retrieval_triplet-000001", query="how do loops work", positives=["Loops repeat code."],
+               negatives=["Soup is hot."], source="synthetic", generator="g"),
+        Record(id="synthetic-query_generation-000002", query="what is a dict", positives=["A dict maps keys."],
+               positive_ids=["c1"], source="synthetic", generator="g"),
+    ], tmp_path / "synthetic.jsonl")
     eval_dir = tmp_path / "eval"
     write_beir(eval_dir / "t", {"d": "some doc"}, {"q": "Held-out query"}, {"q": {"d": 1}})
     (eval_dir / "tasks.json").write_text(json.dumps([{"name": "T", "type": "retrieval", "path": "t"}]))
-    summary = combine_records([tmp_path / "records.jsonl", tmp_path / "synthetic.jsonl"], tmp_path / "all.jsonl",
-                              eval_dir=eval_dir)
-    assert summary["duplicates_dropped"] == 1 and summary["decontamination"]["by_source"] == {"synthetic": 1}
-    assert len(read_records(tmp_path / "all.jsonl")) == 3
+    combined = combine_for_mining(tmp_path / "records.jsonl", tmp_path / "synthetic.jsonl", eval_dir=eval_dir)
+    records = list(combined.records())
+    assert [r.id for r in records] == ["a-0", "a-1", "a-2", "synthetic-retrieval_triplet-000001",
+                                       "synthetic-query_generation-000002"]
+    report = combined.report
+    assert report["synthetic_duplicate_ids_dropped"] == 1
+    assert report["synthetic"]["decontamination"]["by_source"] == {"synthetic": 1}
+    assert report["synthetic"]["by_kind"] == {"retrieval": 1, "sdg:retrieval_triplet": 1, "sdg:query_generation": 1}
+    # the triplet's LLM-written positive and negative join the mining corpus; query generation's positive is the
+    # corpus's own document (found by id), a-0's synthetic copy came from records with ids of its own
+    texts = sorted(d["text"] for d in combined.documents())
+    assert texts == sorted(["Loops repeat code.", "Soup is hot.", *_records("a", 1)[0].positives])
 
 
 def test_mteb_benchmark_texts_are_collected_up_to_the_hub(monkeypatch):

@@ -149,7 +149,7 @@ def test_build_to_s3(s3_env, tmp_path):
     from embedpipe.data.build import build_training_data
     from embedpipe.recipe import load_recipe, recipes_dir
 
-    manifest = build_training_data(load_recipe(recipes_dir() / "local.yaml"), "s3://data-test/build1")
+    manifest = build_training_data(load_recipe(recipes_dir() / "local.yaml").data, "s3://data-test/build1")
     local = storage.download("s3://data-test/build1", tmp_path / "copy")
     assert len(read_records(local / "records.jsonl")) == manifest["records"] > 0
     assert json.loads((local / "eval" / "tasks.json").read_text())[0]["name"] == "PydocRetrieval"

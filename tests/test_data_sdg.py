@@ -4,13 +4,9 @@ and each backend: OpenAI-compatible (a real HTTP server on 127.0.0.1), vLLM (up 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -24,8 +20,10 @@ from embedpipe.data.sdg import (
     parse_task_list,
     plan,
     render,
+    synthetic_source,
 )
 from embedpipe.recipe import load_recipe
+from scripted_llm import llm_server  # noqa: F401 - the fixture
 
 CORPUS = [
     ("c0", "The while statement repeats a block of code as long as its condition stays true."),
@@ -41,6 +39,11 @@ def _corpus_file(tmp_path):
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in CORPUS) + "\n")
     return path
+
+
+def _generate(recipe, *args, **kwargs):
+    """SDG by the recipe's sdg section, its records named after the data section's synthetic source."""
+    return generate_synthetic(recipe.sdg, *args, source=synthetic_source(recipe.data), **kwargs)
 
 
 def _recipe(tmp_path, sdg: dict, name="r"):
@@ -142,75 +145,6 @@ def test_consistency_filter_keeps_queries_that_find_their_document():
 # ------------------------------------------------------------------------------------ OpenAI-compatible HTTP server
 
 
-def _scripted_answer(prompt: str, seed: int) -> str:
-    """A deterministic stand-in for an LLM behind the HTTP API: valid answers, and some malformed ones."""
-    bad = "f-strings" in prompt or int(hashlib.sha1(f"{prompt}:{seed}".encode()).hexdigest(), 16) % 7 == 0
-    if "Passage:" in prompt:
-        passage = prompt.split("Passage:", 1)[1].strip()
-        if bad:
-            return "   "
-        return "Query: " + " ".join(passage.split()[:9]).rstrip(".,") + "?"
-    if "Brainstorm" in prompt:
-        topic = re.search(r"tasks about (\w+)", prompt)
-        return json.dumps([f"Retrieve {topic.group(1) if topic else 'general'} articles that answer a question",
-                           "Find documents that support a claim"])
-    if "assigned a retrieval task" in prompt:
-        task = re.search(r"task: (.*)", prompt).group(1)
-        if bad:
-            return "Sorry, I can't write that " + "{"
-        return json.dumps({"user_query": f"which {task.lower()}",
-                           "positive_document": f"This document is about how to {task.lower()} in detail.",
-                           "hard_negative_document": "A cooking recipe for tomato soup with basil."})
-    if "Write a sentence" in prompt or "Write a short" in prompt:
-        lang = re.search(r"values are all strings in (\w+)|translation into (\w+)", prompt)
-        return json.dumps({"S1": f"The weather is nice today ({seed})", "S2": f"Today the weather is pleasant ({seed})",
-                           "S3": f"The train leaves at noon ({seed}) {lang.group(0) if lang else ''}"})
-    return "unexpected prompt"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_POST(self):  # noqa: N802
-        server = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with server.lock:
-            server.requests.append(body)
-            count = len(server.requests)
-        if self.path != "/v1/chat/completions":
-            self.send_error(404)
-            return
-        if server.fail_after is not None and count > server.fail_after:
-            self.send_response(500)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"error": {"message": "engine died", "type": "server_error"}}')
-            return
-        content = _scripted_answer(body["messages"][-1]["content"], body.get("seed", 0))
-        payload = {"id": f"cmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
-                   "choices": [{"index": 0, "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": content}}],
-                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def llm_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.requests, server.fail_after, server.lock = [], None, threading.Lock()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 def _openai_sdg(server, **overrides):
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     sdg = {"tasks": ["query_generation"], "records_per_task": 12, "shard_size": 4, "consistency_top_k": 3,
@@ -224,7 +158,7 @@ def _openai_sdg(server, **overrides):
 
 def test_openai_backend_mix_and_malformed_counts(tmp_path, llm_server):
     recipe = _recipe(tmp_path, _openai_sdg(llm_server))
-    summary = generate_synthetic(recipe, _corpus_file(tmp_path), tmp_path / "out")
+    summary = _generate(recipe, _corpus_file(tmp_path), tmp_path / "out")
     assert summary["complete"] and summary["generated"] == 12
     assert summary["parsed"] + sum(summary["rejected"].values()) == 12  # every generation accounted for
     assert summary["rejected"].get("empty_output", 0) >= 2  # the scripted model's malformed answers
@@ -245,7 +179,7 @@ def test_cross_model_two_step_generation_for_every_task(tmp_path, llm_server):
                       records_per_task=6, shard_size=3, second_step_generator="llm-b")
     sdg["generators"] = sdg["generators"][:1] + [dict(sdg["generators"][1], share=0.001)]
     recipe = _recipe(tmp_path, sdg)
-    summary = generate_synthetic(recipe, _corpus_file(tmp_path), tmp_path / "out")
+    summary = _generate(recipe, _corpus_file(tmp_path), tmp_path / "out")
     records = read_records(tmp_path / "out" / "synthetic.jsonl")
     triplets = [r for r in records if r.id.startswith("synthetic-retrieval_triplet")]
     assert triplets and all(r.generator == "llm-a>llm-b" for r in triplets)
@@ -264,18 +198,18 @@ def test_interrupted_run_resumes_and_gives_the_same_records(tmp_path, llm_server
 
     recipe = _recipe(tmp_path, _openai_sdg(llm_server, consistency_top_k=None))
     corpus = _corpus_file(tmp_path)
-    reference = generate_synthetic(recipe, corpus, tmp_path / "reference")
+    reference = _generate(recipe, corpus, tmp_path / "reference")
     llm_server.requests.clear()
     llm_server.fail_after = 6  # the server dies during the second shard
     with pytest.raises(APIError):
-        generate_synthetic(recipe, corpus, tmp_path / "run")
+        _generate(recipe, corpus, tmp_path / "run")
     shards = sorted(p.name for p in (tmp_path / "run" / "shards").glob("*.json"))
     assert shards == ["query_generation-00000.json"] and not (tmp_path / "run" / "synthetic.jsonl").exists()
     llm_server.fail_after = None
     llm_server.requests.clear()
-    partial = generate_synthetic(recipe, corpus, tmp_path / "run", max_shards=1)
+    partial = _generate(recipe, corpus, tmp_path / "run", max_shards=1)
     assert not partial["complete"] and partial["shards_skipped"] == 1 and partial["shards_generated"] == 1
-    resumed = generate_synthetic(recipe, corpus, tmp_path / "run")
+    resumed = _generate(recipe, corpus, tmp_path / "run")
     assert resumed["complete"] and resumed["shards_skipped"] == 2 and resumed["shards_generated"] == 1
     assert len(llm_server.requests) == 8  # only the unfinished shards were generated again
     assert (tmp_path / "run" / "synthetic.jsonl").read_text() == (tmp_path / "reference" / "synthetic.jsonl").read_text()
@@ -310,7 +244,7 @@ def test_vllm_backend_up_to_the_engine(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path, {"tasks": ["sts"], "records_per_task": 4, "shard_size": 2, "consistency_top_k": None,
                                 "generators": [{"name": "mixtral", "backend": "vllm", "model": "org/Mixtral",
                                                 "tensor_parallel_size": 8, "temperature": 0.9, "max_new_tokens": 300}]})
-    summary = generate_synthetic(recipe, None, tmp_path / "out")
+    summary = _generate(recipe, None, tmp_path / "out")
     assert calls["engines"] == [{"model": "org/Mixtral", "tensor_parallel_size": 8, "seed": 0, "trust_remote_code": False}]
     assert len(calls["params"]) == 2 and {p["max_tokens"] for p in calls["params"]} == {300}
     assert len({p["seed"] for p in calls["params"]}) == 2  # each shard has its own seed
@@ -323,7 +257,7 @@ def test_vllm_missing_is_a_clear_error(tmp_path, monkeypatch):
     recipe = _recipe(tmp_path, {"tasks": ["sts"], "records_per_task": 1, "generators": [
         {"name": "g", "backend": "vllm", "model": "m"}]})
     with pytest.raises(RuntimeError, match="needs the vllm package"):
-        generate_synthetic(recipe, None, tmp_path / "out")
+        _generate(recipe, None, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------------- transformers
@@ -336,9 +270,27 @@ def test_transformers_backend_with_smollm2_gives_parseable_records(tmp_path, smo
                                 "generators": [{"name": "smollm2", "backend": "transformers",
                                                 "model": "smollm2-135m-instruct", "temperature": 0.2,
                                                 "max_new_tokens": 32, "threads": 1}]})
-    summary = generate_synthetic(recipe, _corpus_file(tmp_path), tmp_path / "out")
+    summary = _generate(recipe, _corpus_file(tmp_path), tmp_path / "out")
     assert summary["generated"] == 4
     assert summary["parsed"] >= 2, summary
     records = read_records(tmp_path / "out" / "synthetic.jsonl")
     assert records and all(r.generator == "smollm2" and len(r.query.split()) >= 3 for r in records)
     assert all("\n" not in r.query for r in records)  # generation stopped at the end of the line
+
+
+def test_classification_records_get_the_other_label_names_after_the_misleading_label():
+    from embedpipe.data.sdg import add_other_labels
+
+    def rec(i, label, misleading, task="Classify reviews by sentiment", lang="en"):
+        return Record(id=f"c{i}", task_type="classification", instruction=task, query=f"text {i}",
+                      positives=[label], negatives=[misleading], language=lang)
+
+    records = [rec(0, "positive", "neutral"), rec(1, "negative", "positive"), rec(2, "spam", "ham", task="Spam?"),
+               rec(3, "oui", "non", task="Avis ?", lang="fr"), Record(id="r", query="q", positives=["p"])]
+    out, added = add_other_labels(records, limit=4)
+    by_id = {r.id: r.negatives for r in out}
+    assert by_id["c0"] == ["neutral", "negative", "spam", "ham"]  # own task's labels first, then the language's
+    assert by_id["c1"] == ["positive", "neutral", "spam", "ham"]
+    assert by_id["c2"] == ["ham", "positive", "neutral", "negative"]
+    assert by_id["c3"] == ["non"] and by_id["r"] == []  # no other French labels; not a classification record
+    assert added == 9

@@ -302,3 +302,38 @@ def test_two_embedding_tasks_then_mining_equal_the_one_process_run(mined, data, 
     assert read(tmp_path / "fan.jsonl") == read(out)
     with pytest.raises(ValueError, match=r"index must be in \[0, 2\)"):
         embed_corpus_shard(data / "corpus.jsonl", config(), 2, 2, tmp_path / "bad", str(shared))
+
+
+def test_records_keep_their_own_negatives_and_mining_fills_up_to_k(data, mined, tmp_path):
+    """A record's own negatives (e.g. an LLM's hard negative written beside its positive, which joins the corpus as
+    a second file) come first with their teacher scores; mining adds the rest up to top_k, never the same text."""
+    rows = read(data / "records.jsonl")[:6]
+    sdg_docs = [{"id": "sdg-doc-1", "text": "A recipe for tomato soup: simmer tomatoes with basil for an hour."},
+                {"id": "sdg-doc-2", "text": "The positive an LLM wrote about Python's while loop and its else."}]
+    _write(tmp_path / "sdg_documents.jsonl", sdg_docs)
+    rows[0]["negatives"] = [sdg_docs[0]["text"], rows[0]["positives"][0]]  # the second equals its positive: dropped
+    rows[1] = {"id": "llm", "query": "How does a while loop with an else clause work?", "task_type": "retrieval",
+               "positives": [sdg_docs[1]["text"]], "negatives": [sdg_docs[0]["text"], "Six given negatives",
+                                                                "are more", "than top_k", "and all", "stay"]}
+    rows[2]["negatives"] = ["A negative that is in no corpus file at all."]
+    out = tmp_path / "out.jsonl"
+    from embedpipe.data.schema import Record
+
+    stats = mine_hard_negatives(iter([Record.model_validate(r) for r in rows]),
+                                [data / "corpus.jsonl", tmp_path / "sdg_documents.jsonl"], config(), out,
+                                mined[1], show=False)
+    got = {r["id"]: r for r in read(out)}
+    assert stats["records_out"] == 6 and stats["skipped_missing_positive"] == 0  # the LLM's positive is in the corpus
+    first = got[rows[0]["id"]]
+    assert first["negatives"][0] == sdg_docs[0]["text"] and len(first["negatives"]) == 4
+    assert first["negative_ids"][0] == "sdg-doc-1" and rows[0]["positives"][0] not in first["negatives"]
+    assert len(set(first["negatives"])) == 4 and len(first["negative_scores"]) == 4
+    assert got["llm"]["negatives"] == rows[1]["negatives"]  # more than k given: all kept, nothing mined
+    third = got[rows[2]["id"]]
+    assert third["negatives"][0] == rows[2]["negatives"][0] and third["negative_ids"][0] == f"{rows[2]['id']}:negative:0"
+    assert len(third["negatives"]) == 4
+    assert stats["given_negatives"] == {"in": 9, "kept": 8, "dropped_equal_to_positive": 1, "dropped_duplicate": 0}
+    own = {rows[0]["id"]: 1, "llm": 6, rows[2]["id"]: 1}
+    assert stats["mined_negatives"] == sum(len(r["negatives"]) - own.get(i, 0) for i, r in got.items()) >= 14
+    assert stats["by_task_type"]["retrieval"]["records_out"] == 6
+    assert stats["corpus_documents"] == len(read(data / "corpus.jsonl")) + 2

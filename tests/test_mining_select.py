@@ -59,3 +59,24 @@ def test_config_rejects_impossible_settings():
         MiningConfig(top_k=4, sample_from=(0, 2))
     with pytest.raises(ValueError, match="candidates"):
         MiningConfig(top_k=8, candidates=4)
+
+
+def test_given_negatives_are_kept_in_source_order_without_positives_or_repeats():
+    from embedpipe.mining.select import fill_count, keep_given
+
+    given = keep_given(["hard", "label b", "pos", "hard", "label c"], ["pos"])
+    assert given.positions == [0, 1, 4]  # the source's order: its hardest negative first
+    assert (given.dropped_positive, given.dropped_duplicate) == (1, 1)
+    assert fill_count(len(given.positions), 4) == 1 and fill_count(5, 4) == 0  # never cut to make room
+
+
+def test_mining_fills_up_to_k_and_never_picks_a_given_negative_twice():
+    cfg = MiningConfig(top_k=4, candidates=10)
+    scores = np.asarray([0.7, 0.6, 0.5, 0.4], dtype=np.float32)
+    is_given = np.asarray([True, False, False, False])  # the candidate ranked first is the record's own negative
+    choice = select_negatives(np.arange(4), scores, np.arange(4, dtype=np.uint64), np.zeros(4, bool), 0.9, cfg,
+                              top_k=2, is_given=is_given)
+    assert choice.positions.tolist() == [1, 2]
+    assert (choice.excluded_given, choice.excluded_positive, choice.excluded_margin) == (1, 0, 0)
+    none = select_negatives(np.arange(4), scores, np.arange(4, dtype=np.uint64), np.zeros(4, bool), 0.9, cfg, top_k=0)
+    assert none.positions.tolist() == []

@@ -1,5 +1,6 @@
 """The full pipeline, end to end, on this machine with kfp.local (the same definition as the compiled YAML), on a
-tiny random-initialised Llama; then a re-run that skips every finished step; then the compare output."""
+tiny random-initialised Llama; then a re-run that skips every finished step; then the compare output; then
+`embedpipe run` on the same inputs (what a person reads: a line per step, the base / stage-1 / merged table)."""
 
 from __future__ import annotations
 
@@ -29,16 +30,37 @@ def tiny_recipe(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypatch):
+@pytest.mark.timeout(1800)  # three runs of 18 steps (the base and stage-1 evaluations too) on a shared CPU
+def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypatch, capfd):
     from embedpipe import tracking
+    from embedpipe.cli.run_view import evaluations
     from embedpipe.encoder import Encoder
     from embedpipe.orchestration.local_runner import run_local
     from embedpipe.pipelines import build_full_pipeline
+    from embedpipe.pipelines.full import EVALUATED
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EMBEDPIPE_STEP_CACHE", str(tmp_path / "step-cache"))
     recipe = load_recipe(tiny_recipe(tmp_path))
     first = run_local(recipe, build_full_pipeline, run_name="first")
+    captured = capfd.readouterr()
+    assert "Executing task" not in captured.out and "KFP Executor" not in captured.out  # in the step logs instead
+
+    # every step ran, with its time, key figure and its own log file
+    steps = {s["label"]: s for s in first["steps"]}
+    assert {s["state"] for s in first["steps"]} == {"done"}
+    assert {"data build", "hard-negative mining", "stage 1", "stage 2 #1", "stage 2 #2", "merge",
+            *EVALUATED.values()} <= set(steps)
+    assert "records" in steps["data build"]["figure"] and "negatives" in steps["hard-negative mining"]["figure"]
+    assert steps["stage 1"]["figure"].startswith("loss ") and "Mean(Task)" in steps[EVALUATED["merged"]]["figure"]
+    for step in first["steps"]:
+        assert Path(step["log"]).is_file() and Path(step["log"]).parent == Path(first["logs"]), step
+    assert "KFP Executor" in Path(steps["stage 1"]["log"]).read_text()
+    # the untrained base, stage 1 and the merged model, scored on the same tasks
+    scored = evaluations(first["steps"])
+    assert set(scored) == {"base", "stage1", "merged"}
+    assert set(scored["base"]["scores"]) == set(scored["stage1"]["scores"]) == set(scored["merged"]["scores"])
+    assert scored["merged"]["mean_task"] == pytest.approx(first["scores"]["mean_task"])
 
     model = Path(first["model_uri"])
     assert model.is_dir() and str(model).startswith(str(tmp_path / "runs" / "tiny"))
@@ -70,7 +92,21 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     assert json.loads(Path(second["scores_uri"]).read_text()) == scores
     runs = list((tmp_path / "runs" / "kfp").glob("embedpipe-full-*"))
     second_run = max(runs, key=lambda p: p.stat().st_mtime)
-    assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full"}  # no step but tracking ran again
+    assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full", "logs"}  # only tracking ran again
+    assert {s["state"] for s in second["steps"] if not s["task"].startswith("track-")} == {"cached"}
+
+    # what `embedpipe run` prints off a terminal: one line per state change, the table, where things are
+    from typer.testing import CliRunner
+
+    from embedpipe.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "tiny.yaml"), "--run-name", "third"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) < 2 * len(second["steps"]) + 40, result.output
+    assert any("stage 1" in line and "cached" in line and "loss" in line for line in lines), result.output
+    assert "MTEB scores on the same tasks" in result.output and "Δ vs base" in result.output
+    assert "Mean(Task)" in result.output and "step logs:" in result.output
 
 
 def test_preflight_reports_every_problem_before_running(tmp_path):

@@ -110,7 +110,7 @@ def test_one_task_per_generator_then_the_filter_step_equals_one_process(tmp_path
     calls = {"params": [], "events": []}
     _fake_vllm(monkeypatch, calls)
     recipe = _recipe(tmp_path)
-    one = generate_synthetic(recipe, None, tmp_path / "one")
+    one = generate_synthetic(recipe.sdg, None, tmp_path / "one")
     assert one["records"] == 8 and set(one["by_generator"]) == {"gpt-oss", "mixtral"}
     # engines ran one after the other, each shut down after its last shard
     assert [e for e, _ in calls["events"]] == ["start", "shutdown", "start", "shutdown"] and calls["max_live"] == 1
@@ -118,10 +118,10 @@ def test_one_task_per_generator_then_the_filter_step_equals_one_process(tmp_path
     assert budgets and all(b >= token_budget("sts", {"unit": "sentence"}) for b in budgets)
 
     store = tmp_path / "store"
-    parts = [generate_synthetic(recipe, None, tmp_path / g, only_generator=g, shard_store=store)
+    parts = [generate_synthetic(recipe.sdg, None, tmp_path / g, only_generator=g, shard_store=store)
              for g in ("mixtral", "gpt-oss")]
     assert sum(p["shards"] for p in parts) == one["shards"] and not (tmp_path / "mixtral" / "synthetic.jsonl").exists()
-    combined = generate_synthetic(recipe, None, tmp_path / "filtered", generate=False, shard_store=store)
+    combined = generate_synthetic(recipe.sdg, None, tmp_path / "filtered", generate=False, shard_store=store)
     assert combined["shards_generated"] == 0 and combined["records"] == one["records"]
     assert sorted((tmp_path / "filtered" / "synthetic.jsonl").read_text().splitlines()) == \
         sorted((tmp_path / "one" / "synthetic.jsonl").read_text().splitlines())
@@ -131,8 +131,8 @@ def test_filter_step_names_the_missing_shards(tmp_path, monkeypatch):
     _fake_vllm(monkeypatch, {"params": [], "events": []})
     recipe = _recipe(tmp_path)
     store = tmp_path / "store"
-    generate_synthetic(recipe, None, tmp_path / "a", only_generator="mixtral", shard_store=store)
+    generate_synthetic(recipe.sdg, None, tmp_path / "a", only_generator="mixtral", shard_store=store)
     with pytest.raises(RuntimeError, match=r"lacks \d+ of 4 shards: .*\(gpt-oss\)"):
-        generate_synthetic(recipe, None, tmp_path / "f", generate=False, shard_store=store)
+        generate_synthetic(recipe.sdg, None, tmp_path / "f", generate=False, shard_store=store)
     with pytest.raises(ValueError, match="not in sdg.generators"):
-        generate_synthetic(recipe, None, tmp_path / "b", only_generator="nope", shard_store=store)
+        generate_synthetic(recipe.sdg, None, tmp_path / "b", only_generator="nope", shard_store=store)

@@ -43,6 +43,8 @@ def test_a_task_output_reads_back_as_its_components_summary():
     assert summary.mining.negatives == 34
     assert summary.figure() == "9 records, 34 negatives"
     assert summaries.read_output("plan-variants", json.dumps([{"name": "a"}])) is None  # no summary model
+    # KFP names a component's second and third use in a pipeline comp-evaluate-2, comp-evaluate-3
+    assert isinstance(summaries.read_output("comp-evaluate-3", json.dumps({"mean_task": 0.5})), summaries.EvalSummary)
     with pytest.raises(summaries.SummaryError, match="evaluate summary: mean_task"):
         summaries.read_output("evaluate", json.dumps({"mean_task": "high"}))
 
@@ -51,7 +53,7 @@ def test_a_task_output_reads_back_as_its_components_summary():
     ("build-data", {"records": 48, "corpus_documents": 120}, "48 records, 120 documents"),
     ("synthesize", {"skipped": "sdg disabled", "records": 0}, "skipped (sdg disabled)"),
     ("train-stage2", {"stage": "stage2", "steps": 2, "final_loss": 1.23456, "variant": {"name": "mix-a"}},
-     "mix-a: loss 1.2346 (2 steps)"),
+     "mix-a: loss 1.235 (2 steps)"),
     ("merge", {"method": "uniform", "inputs": [{}, {}]}, "uniform, 2 checkpoints"),
     ("evaluate", {"mean_task": 0.03132, "scores": {"a": 0.1, "b": 0.2}}, "Mean(Task) 0.0313 on 2 tasks"),
     ("download-models", {"planned": 3, "offline": True}, "3 hub entries (offline cache)"),

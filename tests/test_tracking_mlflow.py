@@ -178,6 +178,7 @@ def test_pipeline_parent_first_children_live_then_closed(store, tiny_encoder, re
     mix_b = s.training("stage2/mix-b")
     assert mix_b.info.status == "FINISHED" and mix_b.info.run_name == "stage2 · mix-b"
     assert mix_b.data.params["variant.learning_rate"] == "2e-05"
+    assert mix_b.data.metrics["stage2.records"] > 0 and "stage2.seconds" in mix_b.data.metrics  # summary figures
     assert "executor" not in mix_b.data.tags[MLFLOW_SOURCE_NAME]
     assert mix_b.info.end_time < track_started  # the child ended when its training did
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(mix_b.info.run_id, "training/stage2")}
@@ -413,3 +414,19 @@ def test_training_worker_process_logs_into_its_launchers_child_run(store, tiny_e
     child = PipelineStore.load(store, "embedpipe-local").training("stage1")
     assert child.info.run_id == run.info.run_id and child.info.status == "FINISHED"
     assert len(mlflow_history(child.info.run_id, "stage1.loss")) == 3
+
+
+def test_compare_command_on_the_latest_pipeline_run(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from embedpipe.cli import app
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    ablation_store(recipe)
+    out = CliRunner().invoke(app, ["compare", "embedpipe-local", "--tracking-uri", store, "--parent", "latest",
+                                   "--plot", str(tmp_path / "c.png")], env={"COLUMNS": "220"})
+    assert out.exit_code == 0, out.output
+    assert "axis 'loss': changes training.loss" in out.output and "merged vs best single" in out.output
+    assert "Borda rank (dev tasks)" in out.output and (tmp_path / "c.png").stat().st_size > 5000
+    bad = CliRunner().invoke(app, ["compare", "embedpipe-nope", "--tracking-uri", store, "--parent", "latest"])
+    assert bad.exit_code == 2 and "has no pipeline run" in bad.output

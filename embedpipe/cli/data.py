@@ -35,7 +35,8 @@ def build(
     """Load every recipe source, validate, decontaminate, and write records, corpus, eval tasks and a manifest."""
     from embedpipe.data.build import build_training_data
 
-    manifest = build_training_data(_recipe(recipe, overrides), out_dir)
+    r = _recipe(recipe, overrides)
+    manifest = build_training_data(r.data, out_dir, stages={"stage1": r.training.stage1, "stage2": r.training.stage2})
     typer.echo(json.dumps({k: manifest[k] for k in ("records", "by_source", "corpus_documents", "dropped",
                                                     "decontamination", "eval_tasks")}, indent=2))
 
@@ -68,9 +69,10 @@ def generate(
     overrides: list[str] = typer.Option(None, "--set", help="Recipe override section.key=value (repeatable)."),
 ) -> None:
     """Generate synthetic training records with the recipe's mix of generator LLMs."""
-    from embedpipe.data.sdg import generate_synthetic
+    from embedpipe.data.sdg import generate_synthetic, synthetic_source
 
-    summary = generate_synthetic(_recipe(recipe, overrides), corpus, out_dir, max_shards=max_shards)
+    r = _recipe(recipe, overrides)
+    summary = generate_synthetic(r.sdg, corpus, out_dir, source=synthetic_source(r.data), max_shards=max_shards)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -86,7 +88,11 @@ def mix(
     from embedpipe.data.mix import mix_manifest, select_stage_records
     from embedpipe.data.schema import read_records, write_records
 
-    selected = select_stage_records(read_records(records, lenient=True), _recipe(recipe, overrides), stage)
+    r = _recipe(recipe, overrides)
+    stage_cfg = getattr(r.training, stage, None) if stage in ("stage1", "stage2") else None
+    selected = select_stage_records(read_records(records, lenient=True), r.data, stage,
+                                    weights_override=getattr(stage_cfg, "data_weights", None),
+                                    task_types=getattr(stage_cfg, "task_types", None))
     if output:
         write_records(selected, output)
     typer.echo(json.dumps(mix_manifest(selected), indent=2))

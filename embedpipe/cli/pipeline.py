@@ -49,44 +49,69 @@ def run(
     runner: str = typer.Option("local", help="local: every step in this environment; docker: every step in its "
                                              "role image through kfp.local's DockerRunner (Docker, or podman's "
                                              "socket at DOCKER_HOST; images from scripts/build_images.sh)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every step's own output too (kfp's executor "
+                                                                "lines, library warnings, progress bars)."),
 ) -> None:
     """Run the pipeline on this machine with kfp.local (no cluster), same definition as on Kubeflow.
 
-    Checks the recipe, files and endpoints first; a re-run with the same inputs skips the finished steps.
+    Checks the recipe, files and endpoints first; a re-run with the same inputs skips the finished steps. Shows each
+    step's state, time and key figure (a live table on a terminal, a line per change elsewhere); each step's full
+    output is in its own log file under the run's KFP work folder (``logs/``), named when a step fails.
     """
+    import sys
+
     from rich.console import Console
 
+    from embedpipe.cli.run_view import RunView, comparison_table, evaluations, failure
     from embedpipe.orchestration.local_runner import run_local
     from embedpipe.orchestration.preflight import PreflightError
+    from embedpipe.orchestration.progress import StepFailed, tail
 
-    console = Console()
+    console = Console(file=sys.stdout)  # bound now: during the run sys.stdout carries the steps' output to their logs
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # CI logs: room for the score table's columns
     build = _builder(pipeline)
     loaded = _load(recipe, overrides)
     console.rule(f"embedpipe {pipeline} pipeline: recipe {loaded.name!r}")
+    view = RunView(console, f"embedpipe {pipeline}", live=console.is_terminal and not verbose)
     try:
-        result = run_local(loaded, build, run_name=run_name, cache=not no_cache, runner=runner)
+        with view:
+            result = run_local(loaded, build, run_name=run_name, cache=not no_cache, runner=runner,
+                               on_step=view.on_step, echo=sys.stdout if verbose else None)
     except PreflightError as err:
         console.print(f"[red]pre-flight failed:[/red] {err}")
         raise typer.Exit(2) from None
+    except StepFailed as err:
+        failure(console, err.step, tail(err.step.log))
+        raise typer.Exit(1) from None
     except (RuntimeError, ValueError) as err:
         if "container engine" not in str(err) and "runner " not in str(err):
             raise
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     console.rule("done")
-    console.print(f"finished in {result['seconds']:.1f}s (KFP work folder: {result['work_root']})")
+    table = comparison_table(evaluations(result.get("steps", [])))
+    if table is not None:
+        console.print(table)
+    counts = {state: sum(s["state"] == state for s in result.get("steps", [])) for state in ("done", "cached")}
+    console.print(f"finished in {result['seconds']:.1f}s: {counts['done']} steps ran, {counts['cached']} from the "
+                  f"cache (KFP work folder: {result['work_root']})", soft_wrap=True)
+    if result.get("logs"):
+        console.print(f"step logs:  {result['logs']}", soft_wrap=True)
     if "model_uri" in result:
-        console.print(f"model:      {result['model_uri']}")
-        console.print(f"scores:     {result['scores_uri']}  {json.dumps(result.get('scores', {}))}")
-        console.print(f"KServe:     {result['manifest']}")
+        console.print(f"model:      {result['model_uri']}", soft_wrap=True)
+        console.print(f"scores:     {result['scores_uri']}  {json.dumps(result.get('scores', {}))}", soft_wrap=True)
+        console.print(f"KServe:     {result['manifest']}", soft_wrap=True)
     for child in result.get("children", []):
-        console.print(f"cell {child['name']}: {json.dumps({k: v for k, v in child.items() if k not in ('name', 'run_id')})}")
+        figures = {k: v for k, v in child.items() if k not in ("name", "run_id")}
+        console.print(f"cell {child['name']}: {json.dumps(figures)}", soft_wrap=True)
     tracking_uri = result["tracking_uri"]
-    console.print(f"MLflow:     run {result['mlflow_run_id']} in experiment {result['experiment']!r} at {tracking_uri}")
+    console.print(f"MLflow:     run {result['mlflow_run_id']} in experiment {result['experiment']!r} at {tracking_uri}",
+                  soft_wrap=True)
     if result.get("mlflow_url"):  # the training runs in MLflow's model-training view
-        console.print(f"            open: {result['mlflow_url']}")
+        console.print(f"            open: {result['mlflow_url']}", soft_wrap=True)
     elif not tracking_uri.startswith("http"):
-        console.print(f"            view with: mlflow ui --backend-store-uri {tracking_uri}")
+        console.print(f"            view with: mlflow ui --backend-store-uri {tracking_uri}", soft_wrap=True)
 
 
 def compile_(

@@ -27,19 +27,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train one stage with the recipe's loss, backend and schedule; resumable from --checkpoint-dir."""
         import json
-        import subprocess
-        import sys
+        import os
 
         from embedpipe.recipe import load_recipe
-
         from embedpipe.training.config import Stage2Variant
+        from embedpipe.training.launch import launch_local, run
 
-        loaded = load_recipe(recipe, override)  # a bad recipe or override fails here, before any process starts
-        variant_json = None
+        loaded = load_recipe(recipe, override)  # loaded once: a bad recipe or override fails before any process
+        chosen = None
         if variant:
             if variant.lstrip().startswith("{"):
                 try:
-                    variant_json = json.dumps(Stage2Variant.model_validate_json(variant).overrides())
+                    chosen = Stage2Variant.model_validate_json(variant).overrides()
                 except ValueError as err:
                     raise typer.BadParameter(f"--variant {variant}: {err}") from None
             else:
@@ -47,26 +46,30 @@ def register(app: typer.Typer) -> None:
                 if not found:
                     names = ", ".join(v.name for v in loaded.training.variants())
                     raise typer.BadParameter(f"no stage-2 variant {variant!r} in {recipe} (variants: {names})")
-                variant_json = json.dumps(found[0].overrides())
-        args = ["--recipe", str(recipe), "--stage", stage, "--records", records, "--init-model", init_model,
-                "--out", out]
-        for item in override:
-            args += ["--set", item]
+                chosen = found[0].overrides()
+        if nproc == 1:
+            run(loaded, stage, records, init_model, out, variant=chosen, checkpoint_dir=checkpoint_dir,
+                resume=not no_resume, summary_path=str(summary) if summary else None)
+            return
+        # N processes: they read the resolved recipe from the environment (as training jobs do), not the file again
+        os.environ["EMBEDPIPE_RECIPE_JSON"] = loaded.model_dump_json()
+        args = ["--recipe-env", "EMBEDPIPE_RECIPE_JSON", "--stage", stage, "--records", records,
+                "--init-model", init_model, "--out", out]
         if checkpoint_dir:
             args += ["--checkpoint-dir", checkpoint_dir]
         if no_resume:
             args.append("--no-resume")
-        if variant_json:
-            args += ["--variant", variant_json]
+        if chosen:
+            args += ["--variant", json.dumps(chosen)]
         if summary:
             args += ["--summary", str(summary)]
-        if nproc > 1:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                   "-m", "embedpipe.training.launch", *args]
-            raise typer.Exit(subprocess.call(cmd))
-        from embedpipe.training.launch import main
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-        main(args)
+        try:
+            launch_local(nproc, args)
+        except ChildFailedError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(1) from None
 
     @app.command("render-training")
     def render_training(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -151,6 +152,34 @@ def _reason_for(err: ValidationError) -> tuple[str | None, str, str]:
     return field_name, reason, msg.replace("Value error, ", "")
 
 
+SDG_TASKS = ("query_generation", "retrieval_triplet", "classification", "sts", "bitext")
+_SDG_ID = re.compile(rf"-({'|'.join(SDG_TASKS)})-\d+$")
+
+
+def kind_of(record: Record) -> str:
+    """What a record counts as in the manifests: its SDG task for a generated record (the id SDG gives it ends in
+    ``-<task>-<n>``: query generation and triplets are both retrieval records), else its task type."""
+    if record.generator:
+        match = _SDG_ID.search(record.id)
+        if match:
+            return f"sdg:{match.group(1)}"
+    return record.task_type
+
+
+def _trusted(row: Any, path: str, line: int) -> Record:
+    """A row a step of this pipeline wrote (validated when it was made): built without validating its fields again;
+    only its shape is checked, so a foreign or truncated file still fails naming the file, line and field."""
+    if not isinstance(row, dict):
+        raise RecordError(path, line, None, "not_an_object", f"expected a JSON object, got {type(row).__name__}")
+    for name in ("id", "query", "positives"):
+        if name not in row:
+            raise RecordError(path, line, name, "missing_field", "missing required field")
+    unknown = set(row) - _FIELDS
+    if unknown:
+        raise RecordError(path, line, sorted(unknown)[0], "unknown_field", "unknown field")
+    return Record.model_construct(**row)
+
+
 def validate_row(row: Any, path: str, line: int) -> Record:
     """One decoded row -> Record, or RecordError naming path, line and field."""
     if not isinstance(row, dict):
@@ -205,8 +234,12 @@ def _iter_parquet_rows(path: Path, display: str) -> Iterator[tuple[int, Any] | R
             yield row_no, {k: v for k, v in row.items() if v is not None}
 
 
-def iter_records(path: str | Path, lenient: bool = False, report: ReadReport | None = None) -> Iterator[Record]:
-    """Stream validated records from a JSONL or Parquet file (local or ``s3://``); duplicate ids are errors too."""
+def iter_records(path: str | Path, lenient: bool = False, report: ReadReport | None = None,
+                 trusted: bool = False) -> Iterator[Record]:
+    """Stream validated records from a JSONL or Parquet file (local or ``s3://``); duplicate ids are errors too.
+
+    ``trusted``: the file was written by a step of this pipeline from records validated when they were made (the data
+    build's, SDG's or mining's output), so rows are not validated field by field again (:func:`_trusted`)."""
     display = str(path)
     report = report if report is not None else ReadReport(display)
     local, tmpdir = _local_copy(path)
@@ -221,7 +254,7 @@ def iter_records(path: str | Path, lenient: bool = False, report: ReadReport | N
                 if isinstance(item, RecordError):
                     raise item
                 line_no, row = item
-                record = validate_row(row, display, line_no)
+                record = (_trusted if trusted else validate_row)(row, display, line_no)
                 if record.id in seen:
                     raise RecordError(display, line_no, "id", "duplicate_id", f"duplicate id {record.id!r}")
                 seen.add(record.id)
@@ -242,9 +275,10 @@ def iter_records(path: str | Path, lenient: bool = False, report: ReadReport | N
                     dict(report.dropped))
 
 
-def read_records(path: str | Path, lenient: bool = False, report: ReadReport | None = None) -> list[Record]:
+def read_records(path: str | Path, lenient: bool = False, report: ReadReport | None = None,
+                 trusted: bool = False) -> list[Record]:
     """All records of a JSONL/Parquet file. Strict by default; ``lenient=True`` drops bad rows into ``report``."""
-    return list(iter_records(path, lenient=lenient, report=report))
+    return list(iter_records(path, lenient=lenient, report=report, trusted=trusted))
 
 
 def read_records_with_report(path: str | Path, lenient: bool = True) -> tuple[list[Record], ReadReport]:
@@ -255,6 +289,7 @@ def read_records_with_report(path: str | Path, lenient: bool = True) -> tuple[li
 # ---------------------------------------------------------------------------------------------------------- writing
 
 PARQUET_SCHEMA_FIELDS = list(Record.model_fields)
+_FIELDS = set(PARQUET_SCHEMA_FIELDS)
 
 
 def _parquet_schema():

@@ -33,9 +33,9 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from embedpipe import tracking
-from embedpipe.data.config import GeneratorConfig, SDGConfig
+from embedpipe.data.config import DataConfig, GeneratorConfig, SDGConfig
 from embedpipe.data.decontaminate import normalise
-from embedpipe.data.schema import Record, read_jsonl, write_records
+from embedpipe.data.schema import Record, kind_of, read_jsonl, write_records
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +376,39 @@ def dedupe(records: list[Record]) -> tuple[list[Record], int]:
     return out, len(records) - len(out)
 
 
+def add_other_labels(records: list[Record], limit: int = 8) -> tuple[list[Record], int]:
+    """Classification records: after the misleading label, the other label names, up to ``limit`` negatives: first
+    those of the record's own task (records of one brainstormed task share its instruction), then those of the other
+    classification tasks in its language, each in first-seen order; never a text equal to the record's label. The
+    teacher margin cannot fill these (the labels of a task score alike), so without them a record whose task has
+    few examples would stay short of k. Returns the records and how many negatives were added."""
+    by_task: dict[str, list[str]] = {}
+    by_language: dict[str, list[str]] = {}
+    for r in records:
+        if r.task_type == "classification" and r.instruction:
+            for table, key in ((by_task, r.instruction), (by_language, r.language)):
+                known = table.setdefault(key, [])
+                for text in (*r.positives[:1], *r.negatives[:1]):
+                    if all(normalise(text) != normalise(k) for k in known):
+                        known.append(text)
+    out, added = [], 0
+    for r in records:
+        if r.task_type != "classification" or not r.instruction:
+            out.append(r)
+            continue
+        have = {normalise(t) for t in (*r.positives, *r.negatives)}
+        extra: list[str] = []
+        for text in (*by_task[r.instruction], *by_language[r.language]):
+            if len(r.negatives) + len(extra) >= limit:
+                break
+            if normalise(text) not in have:
+                have.add(normalise(text))
+                extra.append(text)
+        added += len(extra)
+        out.append(r.model_copy(update={"negatives": [*r.negatives, *extra]}) if extra else r)
+    return out, added
+
+
 def consistency_filter(records: list[Record], corpus: list[tuple[str, str]], teacher: str, top_k: int,
                        batch_size: int = 64, device: str = "auto") -> tuple[list[Record], dict]:
     """Keep retrieval records whose query ranks their positive in the teacher's top-k over corpus + generated docs."""
@@ -482,21 +515,39 @@ def _close(generator) -> None:
         close()
 
 
-def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Path,
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Where generated records say they come from: the data section's synthetic source (its name, and the
+    instruction query-generation records carry)."""
+
+    name: str = "synthetic"
+    instruction: str | None = None
+
+
+def synthetic_source(data: DataConfig) -> SyntheticSource:
+    """The data section's ``kind: synthetic`` source; its instruction, else the first other source's."""
+    synthetic = next((s for s in data.sources if s.kind == "synthetic"), None)
+    instruction = (synthetic.instruction if synthetic and synthetic.instruction else None) or next(
+        (s.instruction for s in data.sources if s.kind != "synthetic" and s.instruction), None)
+    return SyntheticSource(synthetic.name if synthetic else "synthetic", instruction)
+
+
+def generate_synthetic(config: SDGConfig, corpus_path: str | Path | None, out_dir: str | Path,
+                       source: SyntheticSource = SyntheticSource(),
                        generators: dict[str, Any] | None = None, max_shards: int | None = None,
                        only_generator: str | None = None, generate: bool = True,
                        shard_store: str | Path | None = None) -> dict:
-    """Run (or resume) SDG for the recipe; writes ``out_dir/synthetic.jsonl`` and ``out_dir/sdg_manifest.json``.
+    """Run (or resume) SDG by the sdg section; writes ``out_dir/synthetic.jsonl`` and ``out_dir/sdg_manifest.json``.
 
+    ``source``: the name and instruction the records carry (:func:`synthetic_source` of the data section).
     ``generators`` maps generator names to ready backends (tests, or a caller that shares them); by default they are
-    built from ``recipe.sdg.generators``. ``max_shards`` stops after that many new shards (a partial, resumable run).
+    built from ``config.generators``. ``max_shards`` stops after that many new shards (a partial, resumable run).
     ``only_generator`` runs that generator's shards only (and writes no synthetic.jsonl: the shards are the output);
     ``generate=False`` generates nothing and refuses to go on while a shard is missing (the filter step after the
     per-generator tasks). ``shard_store`` is where shards go (default ``out_dir/shards``).
     """
     from embedpipe import storage
 
-    config: SDGConfig = recipe.sdg
     remote = storage.is_remote(str(out_dir))
     if remote:  # small outputs are written locally, then uploaded; shards go straight to the store
         import tempfile
@@ -507,10 +558,7 @@ def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     store = ShardStore(shard_store or storage.join(str(out_dir), "shards"))
     started = time.perf_counter()
-    synthetic = next((s for s in recipe.data.sources if s.kind == "synthetic"), None)
-    source_name = synthetic.name if synthetic else "synthetic"
-    instruction = (synthetic.instruction if synthetic and synthetic.instruction else None) or next(
-        (s.instruction for s in recipe.data.sources if s.kind != "synthetic" and s.instruction), None)
+    source_name, instruction = source.name, source.instruction
     summary: dict[str, Any] = {"out_dir": str(out_dir), "enabled": config.enabled, "shard_store": store.root}
     if not config.enabled:
         write_records([], out / "synthetic.jsonl")
@@ -582,15 +630,19 @@ def generate_synthetic(recipe, corpus_path: str | Path | None, out_dir: str | Pa
         if remote:
             storage.upload(str(out), str(out_dir))
         return summary
-    records = [Record.model_validate(r) for result in done for r in result["records"]]
+    # validated when run_shard made them (Record(...)); a shard holds their JSON
+    records = [Record.model_construct(**r) for result in done for r in result["records"]]
     records, duplicates = dedupe(records)
+    records, other_labels = add_other_labels(records)
     consistency = {"checked": 0, "failed": 0}
     if config.consistency_top_k and records:
         records, consistency = consistency_filter(records, corpus, config.teacher, config.consistency_top_k,
                                                   batch_size=config.teacher_batch_size, device=config.teacher_device)
     summary.update({
         "duplicates": duplicates, "consistency": consistency, "records": len(records),
+        "other_label_negatives": other_labels,
         "by_generator": dict(Counter(r.generator for r in records)), "by_task": dict(Counter(r.task_type for r in records)),
+        "by_kind": dict(Counter(kind_of(r) for r in records)),
         "by_language": dict(Counter(r.language for r in records)),
         "seconds": round(time.perf_counter() - started, 3),
     })

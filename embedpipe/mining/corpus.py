@@ -55,26 +55,36 @@ def _parse(raw: bytes, path: Path, line_no: int) -> tuple[str, str]:
 
 
 class Corpus:
-    """A validated JSONL corpus: ``len``, ``chunk(i)`` texts, ``texts(indices)``, ``ids(indices)``, id/text lookup."""
+    """A validated JSONL corpus: ``len``, ``chunk(i)`` texts, ``texts(indices)``, ``ids(indices)``, id/text lookup.
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CorpusError(f"corpus file {self.path} does not exist")
+    ``path`` may be several files, one corpus in that order (the data step's corpus, then the documents SDG wrote):
+    document ``i`` of the second file is ``len(first) + i``, ids are unique across all of them."""
+
+    def __init__(self, path: str | Path | Sequence[str | Path]):
+        self.paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+        if not self.paths:
+            raise CorpusError("no corpus file given")
+        self.path = self.paths[0]
         # array.array: 8 bytes per value while scanning (a list of ints costs ~36)
         offsets, lines, id_hashes, text_hashes = array("q"), array("q"), array("Q"), array("Q")
-        with open(self.path, "rb") as fh:
-            pos = 0
-            for line_no, raw in enumerate(fh, start=1):
-                if raw.strip():
-                    doc_id, text = _parse(raw, self.path, line_no)
-                    offsets.append(pos)
-                    lines.append(line_no)
-                    id_hashes.append(hash64(doc_id))
-                    text_hashes.append(hash64(text_key(text)))
-                pos += len(raw)
+        starts = []
+        for path in self.paths:
+            if not path.is_file():
+                raise CorpusError(f"corpus file {path} does not exist")
+            starts.append(len(offsets))
+            with open(path, "rb") as fh:
+                pos = 0
+                for line_no, raw in enumerate(fh, start=1):
+                    if raw.strip():
+                        doc_id, text = _parse(raw, path, line_no)
+                        offsets.append(pos)
+                        lines.append(line_no)
+                        id_hashes.append(hash64(doc_id))
+                        text_hashes.append(hash64(text_key(text)))
+                    pos += len(raw)
         if not offsets:
-            raise CorpusError(f"corpus {self.path} has no documents")
+            raise CorpusError(f"corpus {', '.join(map(str, self.paths))} has no documents")
+        self._starts = np.array(starts, dtype=np.int64)  # first document index of each file
         self.offsets = np.frombuffer(offsets, dtype=np.int64)
         self.lines = np.frombuffer(lines, dtype=np.int64)  # errors on read-back name the line, as the scan does
         self.id_hash = np.frombuffer(id_hashes, dtype=np.uint64)
@@ -87,12 +97,21 @@ class Corpus:
         if dup.size:
             first, second = sorted(self._id_order[dup[0] : dup[0] + 2])
             doc_id = self._read(int(first))[0]
-            raise CorpusError(f"{self.path}:{lines[int(second)]}: field 'id': duplicate id {doc_id!r} "
-                              f"(first at line {lines[int(first)]})")
+            where = self.file_of(int(first))
+            first_at = f"line {lines[int(first)]}" if where == self.file_of(int(second)) else f"{where}:{lines[int(first)]}"
+            raise CorpusError(f"{self.file_of(int(second))}:{lines[int(second)]}: field 'id': duplicate id {doc_id!r} "
+                              f"(first at {first_at})")
         self.duplicate_texts = int(len(self.text_hash) - np.unique(self.text_hash).size)
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def _file_index(self, index: int) -> int:
+        return int(np.searchsorted(self._starts, index, side="right") - 1)
+
+    def file_of(self, index: int) -> Path:
+        """The file document ``index`` is in."""
+        return self.paths[self._file_index(index)]
 
     @property
     def fingerprint(self) -> str:
@@ -101,38 +120,53 @@ class Corpus:
         h.update(self.text_hash.tobytes())
         return h.hexdigest()[:16]
 
-    def _read(self, index: int, fh=None) -> tuple[str, str]:
-        own = fh is None
-        fh = fh or open(self.path, "rb")
+    def _read(self, index: int, handles: dict | None = None) -> tuple[str, str]:
+        own = handles is None
+        handles = {} if own else handles
+        f = self._file_index(index)
         try:
+            fh = handles.get(f)
+            if fh is None:
+                fh = handles[f] = open(self.paths[f], "rb")
             fh.seek(int(self.offsets[index]))
-            return _parse(fh.readline(), self.path, int(self.lines[index]))
+            return _parse(fh.readline(), self.paths[f], int(self.lines[index]))
         finally:
             if own:
-                fh.close()
+                for fh in handles.values():
+                    fh.close()
 
     def read(self, indices: Sequence[int]) -> list[tuple[str, str]]:
         """(id, text) of the given documents, read by byte offset."""
-        with open(self.path, "rb") as fh:
-            return [self._read(int(i), fh) for i in indices]
+        handles: dict = {}
+        try:
+            return [self._read(int(i), handles) for i in indices]
+        finally:
+            for fh in handles.values():
+                fh.close()
 
     def chunk(self, start: int, stop: int) -> tuple[list[str], list[str]]:
-        """Ids and texts of documents ``start:stop`` (one sequential read)."""
+        """Ids and texts of documents ``start:stop`` (one sequential read per file)."""
         ids, texts = [], []
-        with open(self.path, "rb") as fh:
-            fh.seek(int(self.offsets[start]))
-            line_no = int(self.lines[start]) - 1
-            while len(ids) < stop - start:
-                raw = fh.readline()
-                line_no += 1
-                if not raw:
-                    raise CorpusError(f"{self.path}: ended at line {line_no} while reading documents {start}:{stop}; "
-                                      "the file changed after it was scanned")
-                if not raw.strip():
-                    continue
-                doc_id, text = _parse(raw, self.path, line_no)
-                ids.append(doc_id)
-                texts.append(text)
+        while start < stop:
+            f = self._file_index(start)
+            end = min(stop, int(self._starts[f + 1]) if f + 1 < len(self._starts) else stop)
+            path = self.paths[f]
+            with open(path, "rb") as fh:
+                fh.seek(int(self.offsets[start]))
+                line_no = int(self.lines[start]) - 1
+                wanted = len(ids) + end - start
+                while len(ids) < wanted:
+                    raw = fh.readline()
+                    line_no += 1
+                    if not raw:
+                        raise CorpusError(f"{path}: ended at line {line_no} while reading documents {start}:{end}; "
+                                          "the file changed after it was scanned")
+                    if not raw.strip():
+                        continue
+                    doc_id, text = _parse(raw, path, line_no)
+                    ids.append(doc_id)
+                    texts.append(text)
+            start = end
         return ids, texts
 
     def chunk_hash(self, start: int, stop: int) -> str:

@@ -17,6 +17,8 @@ import hashlib
 import logging
 import resource
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from embedpipe.mining.cache import EmbeddingCache
 from embedpipe.mining.config import MiningConfig
 from embedpipe.mining.corpus import Corpus, hash64_array, text_key
 from embedpipe.mining.search import Searcher, gpu_count
-from embedpipe.mining.select import select_negatives
+from embedpipe.mining.select import fill_count, keep_given, select_negatives
 from embedpipe.mining.stats import MiningStats, log_to_mlflow, print_summary
 from embedpipe.mining.teachers import Teacher, load_teacher
 
@@ -49,6 +51,16 @@ def _query_instruction(record) -> str:
     from embedpipe.encoder.instructions import default_instruction
 
     return record.instruction or default_instruction(record.task_type)
+
+
+@dataclass
+class _Own:
+    """A record's own negatives as kept: texts, ids, combined teacher scores and text hashes."""
+
+    texts: list[str]
+    ids: list[str]
+    scores: list[float]
+    text_hash: np.ndarray
 
 
 class _Miner:
@@ -86,7 +98,7 @@ class _Miner:
         kept_records, kept_pos = [], []
         for record, found in zip(block, positives):
             if (found < 0).any():
-                stats.missing(record.id, skipped=config.skip_missing_positive)
+                stats.missing(record, skipped=config.skip_missing_positive)
                 if config.skip_missing_positive:
                     continue
             kept_records.append(record)
@@ -118,6 +130,7 @@ class _Miner:
         else:
             cand_ids, cand_scores = self._score_union([f[1] for f in found], queries)
 
+        given = self._given(kept_records, queries)
         out = []
         chosen_ids: list[np.ndarray] = []
         choices = []
@@ -132,24 +145,64 @@ class _Miner:
             pos_text_hash = hash64_array([text_key(t) for t in record.positives])
             is_positive = (np.isin(ids, pos_idx[pos_idx >= 0]) | np.isin(self.corpus.id_hash[safe], pos_id_hash)
                            | np.isin(self.corpus.text_hash[safe], pos_text_hash))
+            own = given[row]
+            is_given = np.isin(self.corpus.text_hash[safe], own.text_hash) if own.texts else None
             rng = _record_rng(config.seed, record.id) if config.sample_from else None
             choice = select_negatives(ids, cand_scores[row], self.corpus.text_hash[safe], is_positive,
-                                      float(record_pos.min()), config, rng)
+                                      float(record_pos.min()), config, rng,
+                                      top_k=fill_count(len(own.texts), config.top_k), is_given=is_given)
             choices.append((record, record_pos, choice))
             chosen_ids.append(ids[choice.positions])
         # read every chosen negative of the block in one pass over the file, in offset order
         all_ids = np.unique(np.concatenate(chosen_ids)) if chosen_ids else np.zeros(0, dtype=np.int64)
         docs = dict(zip(all_ids.tolist(), self.corpus.read(all_ids)))
         for row, ((record, record_pos, choice), neg_idx) in enumerate(zip(choices, chosen_ids)):
-            neg_scores = cand_scores[row][choice.positions]
-            stats.chosen(float(record_pos.min()), neg_scores, choice)
+            own = given[row]
+            mined_scores = cand_scores[row][choice.positions]
+            stats.chosen(float(record_pos.min()), mined_scores, choice, own, record)
             out.append(record.model_copy(update={
-                "negatives": [docs[int(i)][1] for i in neg_idx],
-                "negative_ids": [docs[int(i)][0] for i in neg_idx],
-                "negative_scores": [round(float(s), 6) for s in neg_scores],
+                "negatives": own.texts + [docs[int(i)][1] for i in neg_idx],
+                "negative_ids": own.ids + [docs[int(i)][0] for i in neg_idx],
+                "negative_scores": [round(float(s), 6) for s in (*own.scores, *mined_scores)],
                 "positive_scores": [round(float(s), 6) for s in record_pos],
             }))
         stats.flush()
+        return out
+
+    def _given(self, records, queries) -> list["_Own"]:
+        """Per record: the negatives it came with that it keeps (:func:`keep_given`), their corpus ids and combined
+        teacher scores (from the cache where the text is in the corpus, else embedded from the text)."""
+        kept = []
+        for record in records:
+            choice = keep_given([text_key(t) for t in record.negatives], [text_key(t) for t in record.positives])
+            kept.append([record.negatives[i] for i in choice.positions])
+            self.stats.given(len(record.negatives), choice)
+        flat = [t for texts in kept for t in texts]
+        if not flat:
+            return [_Own([], [], [], np.zeros(0, dtype=np.uint64)) for _ in records]
+        owner = np.repeat(np.arange(len(records)), [len(t) for t in kept])
+        idx = self.corpus.find_texts(flat)
+        missing = np.nonzero(idx < 0)[0]
+        per_teacher = []
+        for teacher, cache, q in zip(self.teachers, self.caches, queries):
+            emb = cache.rows(np.maximum(idx, 0))
+            if missing.size:
+                emb[missing] = teacher.encode_documents([flat[i] for i in missing])
+            per_teacher.append(np.einsum("ij,ij->i", q[owner], emb))
+        scores = self.combine(per_teacher)
+        found = self.corpus.read(np.unique(idx[idx >= 0]))
+        id_of = dict(zip(np.unique(idx[idx >= 0]).tolist(), (doc_id for doc_id, _ in found)))
+        out, pos = [], 0
+        for record, texts in zip(records, kept):
+            n = len(texts)
+            ids = []
+            for j, text in enumerate(texts):
+                i = int(idx[pos + j])
+                original = record.negatives.index(text)
+                ids.append(record.negative_ids[original] if record.negative_ids
+                           else id_of[i] if i >= 0 else f"{record.id}:negative:{original}")
+            out.append(_Own(texts, ids, scores[pos:pos + n].tolist(), hash64_array([text_key(t) for t in texts])))
+            pos += n
         return out
 
     def _score_union(self, per_teacher_ids: list[np.ndarray], queries: list[np.ndarray]):
@@ -202,8 +255,8 @@ def embed_corpus_shard(corpus_path: str | Path, config: MiningConfig, shard: int
 
 
 def mine_hard_negatives(
-    records_path: str | Path,
-    corpus_path: str | Path,
+    records_path: str | Path | Iterable,
+    corpus_path: str | Path | list[str | Path],
     config: MiningConfig,
     out_path: str | Path,
     cache_dir: str | Path | None = None,
@@ -213,14 +266,21 @@ def mine_hard_negatives(
     """Mine hard negatives for every record; write the records (negatives, their ids and scores filled) to
     ``out_path`` and return the statistics (also printed, and logged to the active MLflow run if any).
 
+    ``records_path``: a records file (validated as it is read) or an iterable of validated
+    :class:`~embedpipe.data.schema.Record` objects, streamed (the mining step's public + synthetic records).
+    ``corpus_path``: one corpus file, or several mined as one corpus in that order (the data step's corpus, then the
+    documents SDG wrote). A record keeps the negatives it came with; mining fills the rest up to ``top_k``.
+
     ``cache_uri``: the shared chunk cache of the fan-out tasks (:func:`embed_corpus_shard`); chunks they finished
     are fetched, not embedded again."""
     from embedpipe.data.schema import iter_records, write_records
 
     t_start = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    corpus_path = _local_corpus(corpus_path, cache_dir)
-    corpus = Corpus(corpus_path)
+    paths = corpus_path if isinstance(corpus_path, (list, tuple)) else [corpus_path]
+    corpus = Corpus([_local_corpus(p, cache_dir) for p in paths])
+    corpus_path = ", ".join(map(str, paths))
+    source = records_path if isinstance(records_path, (str, Path)) else "the given records"
     t_corpus = time.perf_counter()
     teachers = [load_teacher(t, config.batch_size, config.use_gpu) for t in config.teachers]
     caches = [EmbeddingCache(cache_dir, t, config.cache_dtype, remote=cache_uri) for t in teachers]
@@ -234,8 +294,9 @@ def mine_hard_negatives(
 
     def mined():
         block = []
-        for record in iter_records(records_path):
-            stats.records_in += 1
+        records = iter_records(records_path) if isinstance(records_path, (str, Path)) else records_path
+        for record in records:
+            stats.record_in(record)
             block.append(record)
             if len(block) >= config.query_block_size:
                 yield from miner.mine_block(block)
@@ -244,10 +305,10 @@ def mine_hard_negatives(
             yield from miner.mine_block(block)
         # raised inside the writer's loop, so a failed run leaves no (empty) output file behind
         if stats.records_in == 0:
-            raise MiningError(f"records file {records_path} has no records")
+            raise MiningError(f"records {source} has no records")
         if stats.skipped_missing_positive == stats.records_in:
             raise MiningError(
-                f"none of the {stats.records_in} records of {records_path} has its positive in the corpus "
+                f"none of the {stats.records_in} records of {source} has its positive in the corpus "
                 f"{corpus_path} (e.g. {stats.missing_examples[:3]}); check that the records were built from this "
                 "corpus, or set mining.skip_missing_positive=false to embed the positive texts")
 

@@ -59,29 +59,60 @@ class MiningStats:
         self.missing_examples: list[str] = []
         self.negatives_per_record: Counter = Counter()
         self.excluded = Counter()
+        self.given_negatives = Counter()  # the negatives records came with: kept, or dropped and why
+        self.mined_negatives = 0
+        self.by_type: dict[str, Counter] = {}  # task type -> records in / out / negatives given / mined
+        self.by_source: dict[str, Counter] = {}
         self.positive = Distribution()
         self.negative = Distribution()
         self.difference = Distribution(-2.0, 2.0, 4000)
         self._pending: tuple[list, list, list] = ([], [], [])
 
-    def missing(self, record_id: str, skipped: bool) -> None:
+    def missing(self, record, skipped: bool) -> None:
         if skipped:
             self.skipped_missing_positive += 1
+            self.by_type.setdefault(record.task_type, Counter())["skipped_missing_positive"] += 1
+            self.by_source.setdefault(record.source, Counter())["skipped_missing_positive"] += 1
         else:
             self.embedded_missing_positive += 1
         if len(self.missing_examples) < 10:
-            self.missing_examples.append(record_id)
+            self.missing_examples.append(record.id)
 
-    def chosen(self, positive_score: float, negative_scores: np.ndarray, choice) -> None:
+    def record_in(self, record) -> None:
+        self.records_in += 1
+        for table, key in ((self.by_type, record.task_type), (self.by_source, record.source)):
+            table.setdefault(key, Counter())["records_in"] += 1
+
+    def given(self, count: int, kept) -> None:
+        """A record's own negatives: ``count`` it came with, ``kept`` (:class:`~embedpipe.mining.select.Given`)."""
+        self.given_negatives["in"] += count
+        self.given_negatives["kept"] += len(kept.positions)
+        self.given_negatives["dropped_equal_to_positive"] += kept.dropped_positive
+        self.given_negatives["dropped_duplicate"] += kept.dropped_duplicate
+
+    def chosen(self, positive_score: float, mined_scores: np.ndarray, choice, own=None, record=None) -> None:
+        """One record written: ``mined_scores`` of the negatives mining chose, ``own`` the ones it came with."""
+        own_scores = list(own.scores) if own is not None else []
+        negative_scores = np.concatenate([np.asarray(own_scores, dtype=np.float64),
+                                          np.asarray(mined_scores, dtype=np.float64)])
         self.records_out += 1
+        self.mined_negatives += len(mined_scores)
         self.negatives_per_record[len(negative_scores)] += 1
+        if record is not None:
+            for table, key in ((self.by_type, record.task_type), (self.by_source, record.source)):
+                counts = table.setdefault(key, Counter())
+                counts["records_out"] += 1
+                counts["negatives_given"] += len(own_scores)
+                counts["negatives_mined"] += len(mined_scores)
+                counts["fewer_than_k"] += len(negative_scores) < self.top_k
         pos, neg, diff = self._pending  # histogrammed once per block by flush(): cheap per record
         pos.append(positive_score)
-        neg.append(np.asarray(negative_scores, dtype=np.float64))
+        neg.append(negative_scores)
         diff.append(positive_score - neg[-1])
         self.excluded["positive"] += choice.excluded_positive
         self.excluded["duplicate_text"] += choice.excluded_duplicate
         self.excluded["margin"] += choice.excluded_margin
+        self.excluded["given"] += getattr(choice, "excluded_given", 0)
 
     def flush(self) -> None:
         pos, neg, diff = self._pending
@@ -104,6 +135,10 @@ class MiningStats:
             "no_negatives": self.negatives_per_record.get(0, 0),
             "negatives_per_record": {str(k): v for k, v in sorted(self.negatives_per_record.items())},
             "candidates_excluded": dict(self.excluded),
+            "given_negatives": dict(self.given_negatives),
+            "mined_negatives": self.mined_negatives,
+            "by_task_type": {k: dict(v) for k, v in sorted(self.by_type.items())},
+            "by_source": {k: dict(v) for k, v in sorted(self.by_source.items())},
             "scores": {"positive": self.positive.summary(), "negative": self.negative.summary(),
                        "difference": self.difference.summary()},
         }
@@ -123,7 +158,20 @@ def print_summary(summary: dict, console=None) -> None:
     counts.add_row("excluded candidates", ", ".join(f"{k}: {v:,}" for k, v in summary["candidates_excluded"].items()))
     counts.add_row("index", f"{summary['index']} ({summary['corpus_documents']:,} documents)")
     counts.add_row("seconds", ", ".join(f"{k}: {v}" for k, v in summary["seconds"].items()))
+    given = summary.get("given_negatives") or {}
+    if given:
+        counts.add_row("negatives records came with", ", ".join(f"{k}: {v:,}" for k, v in given.items()))
     console.print(counts)
+    if summary.get("by_task_type"):
+        types = Table(title="records per task type")
+        columns = ["records_in", "records_out", "skipped_missing_positive", "negatives_given", "negatives_mined",
+                   "fewer_than_k"]
+        types.add_column("task type")
+        for column in columns:
+            types.add_column(column.replace("_", " "), justify="right")
+        for name, row in summary["by_task_type"].items():
+            types.add_row(name, *(f"{row.get(c, 0):,}" for c in columns))
+        console.print(types)
     scores = Table(title="teacher scores")
     scores.add_column("metric")
     for name in ("positive", "negative", "difference"):
@@ -150,6 +198,8 @@ def log_to_mlflow(summary: dict) -> bool:
                 metrics[f"mining.score.{name}.{stat}"] = float(dist[stat])
     for key, value in summary["candidates_excluded"].items():
         metrics[f"mining.excluded.{key}"] = float(value)
+    for name, row in summary.get("by_task_type", {}).items():
+        metrics[f"mining.records_out.{name}"] = float(row.get("records_out", 0))
     mlflow.log_metrics(metrics)
     mlflow.log_dict(summary, "mining/summary.json")
     return True

@@ -217,8 +217,11 @@ def job_state(job: dict) -> tuple[str, str]:
     return str(latest.get("type")), str(latest.get("message") or latest.get("reason") or "")
 
 
-def create_job(api_client, manifest: dict, kind: JobKind = PYTORCHJOB) -> dict:
-    """Create the job; when it exists already (a retried launcher step) the existing one is returned and waited on."""
+def create_job(api_client, manifest: dict, kind: JobKind = PYTORCHJOB, timeout_s: float = 600.0, poll_s: float = 2.0,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict:
+    """Create the job. When it exists already (a retried launcher step: same run, same name) the existing one is
+    returned and waited on, unless it ended in Failed: then it is deleted (foreground: its pods go first) and created
+    again under the same name, and its pods resume from the last checkpoint in the job's folder."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -229,8 +232,29 @@ def create_job(api_client, manifest: dict, kind: JobKind = PYTORCHJOB) -> dict:
     except ApiException as err:
         if err.status != 409:
             raise
-    log.info("%s %s/%s exists (a retried launcher): waiting on it", kind.kind, namespace, name)
-    return api.get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
+    existing = api.get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
+    state, message = job_state(existing)
+    if state != "Failed":
+        log.info("%s %s/%s exists (a retried launcher): waiting on it", kind.kind, namespace, name)
+        return existing
+    log.warning("%s %s/%s failed before (%s): deleting it and starting it again; it resumes from its last checkpoint",
+                kind.kind, namespace, name, message or "no message")
+    api.delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name,
+                                        propagation_policy="Foreground")
+    deadline = clock() + timeout_s
+    while True:
+        try:
+            api.get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
+        except ApiException as err:
+            if err.status == 404:
+                break
+            raise
+        if clock() >= deadline:
+            raise TrainingJobTimeout(f"{kind.kind} {namespace}/{name} (failed) was not deleted within "
+                                     f"{timeout_s:.0f}s; delete it by hand (kubectl -n {namespace} delete "
+                                     f"{kind.kind.lower()} {name}) and retry")
+        sleep(poll_s)
+    return api.create_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, manifest)
 
 
 def delete_job(api_client, name: str, namespace: str, kind: JobKind = PYTORCHJOB) -> None:
@@ -389,7 +413,7 @@ def run_distributed_stage(recipe, stage: str, records_dir: str, init_model: str,
         if api_client is None:
             raise RuntimeError("no Kubernetes API to create the training job (no kubeconfig, not in a cluster)")
     kind = KINDS[recipe.training.launcher]
-    create_job(api_client, manifest, kind)
+    create_job(api_client, manifest, kind, poll_s=min(poll_s, 5.0))
     wait_for_job(api_client, job_name, pipeline.namespace, timeout_s=pipeline.job_timeout_s, poll_s=poll_s, kind=kind)
     storage.download(out_uri, out_dir)
     summary_path = Path(out_dir) / "training_summary.json"

@@ -13,10 +13,13 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from embedpipe import storage, tracking
 from embedpipe.orchestration.preflight import preflight
+from embedpipe.orchestration.progress import Step, StepFailed, StepWatcher
 from embedpipe.recipe import Recipe
 
 
@@ -36,9 +39,14 @@ def work_root(recipe: Recipe, base: Path) -> Path:
 
 
 def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = None,
-              cache: bool = True, check_endpoints: bool = True, runner: str = "local") -> dict:
+              cache: bool = True, check_endpoints: bool = True, runner: str = "local",
+              on_step: Callable[[Step, list[Step]], None] | None = None, echo: TextIO | None = None) -> dict:
     """Pre-flight, then run ``pipeline`` (a builder from ``embedpipe.pipelines.PIPELINES``) with kfp.local;
-    returns the last step's summary plus timings."""
+    returns the last step's summary plus timings and ``steps`` (every step's state, time, key figure, summary and
+    log file). Each step's output goes to its own log file under the run's work folder (``logs``), and to ``echo``
+    as well when given; ``on_step`` is called at every state change. A failed step raises StepFailed naming it
+    and its log file."""
+    from google.protobuf import json_format
     from kfp import local
 
     from embedpipe.orchestration.compile import pipeline_function, pipeline_kind
@@ -59,18 +67,24 @@ def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = 
     local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True,
                enable_caching=cache, cache_root=str(root / ".cache"))
     func = pipeline_function(pipeline, recipe, local=True)
+    watcher = StepWatcher(json_format.MessageToDict(func.pipeline_spec), root, on_change=on_step, echo=echo)
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     try:
-        with steps:
+        with steps, watcher:
             task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
     except BaseException as err:  # the tracking step never ran: the parent run its first step opened ends FAILED
         _fail_parent_run(recipe, started_ms, err)
+        failed = watcher.failed()
+        if isinstance(err, RuntimeError) and failed:
+            raise StepFailed(failed[0], str(err).splitlines()[0]) from None
         raise
     seconds = time.perf_counter() - started
     summary = json.loads(task.outputs["Output"] if hasattr(task, "outputs") and isinstance(task.outputs, dict)
                          else task.output)
     return {**summary, "pipeline": pipeline_kind(func), "seconds": round(seconds, 2), "work_root": str(root),
-            "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner}
+            "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner,
+            "logs": str(watcher.run_folder / "logs") if watcher.run_folder else None,
+            "steps": [step.to_dict() for step in watcher.steps]}
 
 
 def _fail_parent_run(recipe: Recipe, started_ms: int, err: BaseException) -> None:

@@ -70,7 +70,12 @@ def build_data(recipe: Recipe, out_dir: str | os.PathLike) -> summaries.DataSumm
     """Data build: public sets -> records.jsonl, corpus.jsonl, manifest.json, eval/."""
     from embedpipe.data.build import build_training_data
 
-    return build_training_data(recipe, Path(out_dir))
+    return build_training_data(recipe.data, Path(out_dir), stages=training_stages(recipe))
+
+
+def training_stages(recipe: Recipe) -> dict:
+    """The training stages whose data mixes the data step counts (each with its own weights and task types)."""
+    return {"stage1": recipe.training.stage1, "stage2": recipe.training.stage2}
 
 
 @timed(summaries.DownloadSummary)
@@ -111,10 +116,11 @@ def synthesize(recipe: Recipe, data_dir: str | os.PathLike, out_dir: str | os.Pa
         (out / "synthetic.jsonl").write_text("")
         return _write_summary(out, {"skipped": "sdg disabled" if not recipe.sdg.enabled else "no generators",
                                     "records": 0})
-    from embedpipe.data.sdg import generate_synthetic
+    from embedpipe.data.sdg import generate_synthetic, synthetic_source
 
     corpus = Path(data_dir) / "corpus.jsonl"
-    summary = generate_synthetic(recipe, corpus, out, only_generator=only_generator, generate=generate,
+    summary = generate_synthetic(recipe.sdg, corpus, out, source=synthetic_source(recipe.data),
+                                 only_generator=only_generator, generate=generate,
                                  shard_store=sdg_shard_store(recipe, corpus))
     return _write_summary(out, summary)
 
@@ -140,22 +146,45 @@ def embed_corpus(recipe: Recipe, data_dir: str | os.PathLike, shard: int, shards
 @timed(summaries.MineSummary)
 def mine(recipe: Recipe, data_dir: str | os.PathLike, synthetic_dir: str | os.PathLike,
          out_dir: str | os.PathLike) -> summaries.MineSummary:
-    """Public + synthetic records (deduplicated, decontaminated) -> hard negatives mined against the corpus."""
-    from embedpipe.data.build import combine_records
+    """Public + synthetic records, combined and decontaminated once, streamed to the miner; the mining corpus is the
+    data step's corpus plus the documents SDG wrote (``sdg_documents.jsonl`` here). A record keeps the negatives it
+    came with and mining fills the rest up to ``mining.top_k``."""
+    from embedpipe.data.build import combine_for_mining
+    from embedpipe.data.schema import kind_of, write_jsonl
     from embedpipe.mining.mine import mine_hard_negatives
 
     data, out = Path(data_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sources = [data / "records.jsonl"]
-    synthetic = Path(synthetic_dir) / "synthetic.jsonl"
-    if synthetic.is_file() and synthetic.stat().st_size:
-        sources.append(synthetic)
-    combined = combine_records(sources, out / "combined.jsonl", eval_dir=data / "eval",
-                               decontaminate_against=recipe.data.decontaminate_against, lenient=recipe.data.lenient)
-    stats = mine_hard_negatives(out / "combined.jsonl", data / "corpus.jsonl", recipe.mining, out / "records.jsonl",
+    combined = combine_for_mining(data / "records.jsonl", Path(synthetic_dir) / "synthetic.jsonl",
+                                  eval_dir=data / "eval", decontaminate_against=recipe.data.decontaminate_against,
+                                  lenient=recipe.data.lenient)
+    corpus = [data / "corpus.jsonl"]
+    documents = write_jsonl(combined.documents(), out / "sdg_documents.jsonl")
+    if documents:
+        corpus.append(out / "sdg_documents.jsonl")
+    kinds_in: dict[str, int] = {}
+
+    def counted():
+        for record in combined.records():
+            kind = kind_of(record)
+            kinds_in[kind] = kinds_in.get(kind, 0) + 1
+            yield record
+
+    stats = mine_hard_negatives(counted(), corpus, recipe.mining, out / "records.jsonl",
                                 cache_dir=step_cache_dir() / "mining", cache_uri=mining_cache_uri(recipe))
-    (out / "combined.jsonl").unlink()
-    return _write_summary(out, {"combine": combined, "mining": stats})
+    kinds_out = records_by_kind(out / "records.jsonl")
+    by_kind = {k: {"in": kinds_in.get(k, 0), "out": kinds_out.get(k, 0)} for k in sorted({*kinds_in, *kinds_out})}
+    return _write_summary(out, {"combine": {**combined.report, "sdg_documents": documents}, "by_kind": by_kind,
+                                "mining": stats})
+
+
+def records_by_kind(path: Path) -> dict[str, int]:
+    """Records of a file per :func:`embedpipe.data.schema.kind_of` (SDG task, else task type)."""
+    from collections import Counter
+
+    from embedpipe.data.schema import iter_records, kind_of
+
+    return dict(Counter(kind_of(r) for r in iter_records(path, trusted=True)))
 
 
 def base_model_source(recipe: Recipe, work_dir: str | os.PathLike) -> str:
@@ -244,7 +273,7 @@ def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model:
 def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
           data_dir: str | os.PathLike | None = None) -> summaries.MergeSummary:
     """Merge the stage-2 checkpoints by the recipe's method: uniform, weighted, or greedy soup (which scores each
-    candidate soup by Mean(Task) on the data step's held-out tasks plus the recipe's evaluation tasks)."""
+    candidate soup by Mean(Task) on the dev tasks: the data step's held-out dev splits plus the recipe's dev tasks)."""
     from embedpipe.merging.soup import evaluation_scorer, merge_with_config
 
     scorer = None
@@ -258,15 +287,16 @@ def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
 
 @timed(summaries.EvalSummary)
 def evaluate(recipe: Recipe, model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             model_name: str | None = None, group: tuple[int, int] | None = None) -> summaries.EvalSummary:
+             model_name: str | None = None, group: tuple[int, int] | None = None,
+             role: str = "test") -> summaries.EvalSummary:
     """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks (``group``: one task
-    group of a fanned-out evaluation)."""
+    group of a fanned-out evaluation; ``role="dev"``: the dev tasks, for model selection)."""
     from embedpipe.evaluation.run import evaluate as run_evaluation
 
     eval_dir = Path(data_dir) / "eval"
     return run_evaluation(Path(model_dir), recipe.evaluation, Path(out_dir),
                           extra_tasks_dir=eval_dir if (eval_dir / "tasks.json").is_file() else None,
-                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name, group=group)
+                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name, group=group, role=role)
 
 
 def variant_name(variant: dict | None, index: int | None = None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -137,7 +138,7 @@ class TrainSummary(StepSummary):
 
     def figure(self) -> str:
         name = f"{self.variant['name']}: " if self.variant and self.variant.get("name") else ""
-        loss = "no steps" if self.final_loss is None else f"loss {self.final_loss:.4f}"
+        loss = "no steps" if self.final_loss is None else f"loss {self.final_loss:.4g}"
         return f"{name}{loss} ({self.steps} steps)"
 
 
@@ -166,7 +167,8 @@ class EvalSummary(StepSummary):
     borda_rank: int | None = None
 
     def figure(self) -> str:
-        return f"Mean(Task) {_score(self.mean_task)} on {len(self.scores)} tasks"
+        n = len(self.scores)
+        return f"Mean(Task) {_score(self.mean_task)} on {n} task{'s' if n != 1 else ''}"
 
 
 class TrackSummary(StepSummary):
@@ -214,9 +216,11 @@ COMPONENTS: dict[str, type[StepSummary]] = {
 
 
 def for_component(component: str) -> type[StepSummary] | None:
-    """The summary model of a KFP component (``comp-train-stage1`` or ``train-stage1``); None for one that returns
-    no summary (the plan steps return lists)."""
-    return COMPONENTS.get(component.removeprefix("comp-"))
+    """The summary model of a KFP component (``comp-train-stage1`` or ``train-stage1``; ``comp-evaluate-2``, KFP's
+    name for the second use of ``evaluate`` in a pipeline, is ``evaluate``); None for one that returns no summary
+    (the plan steps return lists)."""
+    name = component.removeprefix("comp-")
+    return COMPONENTS.get(name) or COMPONENTS.get(re.sub(r"-\d+$", "", name))
 
 
 def read_output(component: str, output: str | None) -> StepSummary | None:

@@ -40,10 +40,11 @@ def consolidate(checkpoint: str | Path, init_model: str | Path, out_dir: str | P
     """Checkpoint folder -> encoder export at ``out_dir``."""
     from embedpipe.encoder.encoder import Encoder
     from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalModel
-    from embedpipe.training.run import load_init_model
+    from embedpipe.training.run import load_init_encoder
 
-    template, tokenizer, meta = load_init_model(init_model)
-    model = LlamaBidirectionalModel(template.config)
+    template, meta = load_init_encoder(init_model)
+    tokenizer = template.tokenizer
+    model = LlamaBidirectionalModel(template.model.config)
     missing, unexpected = model.load_state_dict(checkpoint_state_dict(checkpoint), strict=False)
     if missing or unexpected:
         raise ValueError(f"{checkpoint}: weights do not match {init_model}'s architecture "

@@ -103,17 +103,6 @@ def device_micro_batches(examples: Examples, indices: list[int], rank: int, worl
     return [mine[i:i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
 
 
-def pad(ids: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence (the encoder's positions count real tokens, so the side does not matter)."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, :len(x)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
-
-
 def packed_chunks(ids: list[list[int]], max_tokens: int) -> list[list[int]]:
     """Group sequence indices, sorted by length, into chunks whose padded size (count x longest) stays within
     ``max_tokens``: each chunk pads only to its own longest text."""

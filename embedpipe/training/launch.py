@@ -75,27 +75,35 @@ def load_launch_recipe(args: argparse.Namespace):
     return load_recipe(args.recipe, args.overrides)
 
 
+def run(recipe, stage: str, records: str, init_model: str, out: str, variant: dict | None = None,
+        checkpoint_dir: str | None = None, resume: bool = True, summary_path: str | None = None) -> dict:
+    """One stage in this process (one rank of a torchrun/mpirun group, or alone) on an already loaded recipe."""
+    from embedpipe import tracking
+    from embedpipe.training.run import train_stage
+
+    rank = int(os.environ.get("RANK", "0"))
+    with tracking.resumed_run(rank):  # rank 0 logs into the child run its launcher opened (MLFLOW_RUN_ID)
+        summary = train_stage(recipe, stage, records, init_model, out, variant=variant,
+                              checkpoint_dir=checkpoint_dir, resume=resume)
+    if rank == 0 and summary_path:
+        with open(summary_path, "w") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.update(mpi_to_torch_env())
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
-    from embedpipe import tracking
-    from embedpipe.training.run import train_stage
-
-    recipe = load_launch_recipe(args)
-    variant = json.loads(args.variant) if args.variant else None
-    with tracking.resumed_run(rank):  # rank 0 logs into the child run its launcher opened (MLFLOW_RUN_ID)
-        summary = train_stage(recipe, args.stage, args.records, args.init_model, args.out, variant=variant,
-                              checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume)
-    if rank == 0 and args.summary:
-        with open(args.summary, "w") as handle:
-            json.dump(summary, handle, indent=2, default=str)
-    import torch
-
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    run(load_launch_recipe(args), args.stage, args.records, args.init_model, args.out,
+        variant=json.loads(args.variant) if args.variant else None, checkpoint_dir=args.checkpoint_dir,
+        resume=not args.no_resume, summary_path=args.summary)
     return 0
 
 

@@ -18,11 +18,10 @@ import torch
 
 from embedpipe import storage
 from embedpipe.encoder.encoder import Encoder, NotAnEncoderExport, read_export_metadata
-from embedpipe.encoder.modeling_bidirectional_llama import mean_pool
 from embedpipe.training.backends import make_backend
 from embedpipe.training.checkpoint import CheckpointStore
-from embedpipe.training.config import StageConfig
-from embedpipe.training.data import Examples, build_examples, device_micro_batches, pad, packed_chunks, step_indices
+from embedpipe.training.config import StageConfig, TrainingConfig
+from embedpipe.training.data import Examples, build_examples, device_micro_batches, packed_chunks, step_indices
 from embedpipe.training.losses import Keys, build_loss, text_keys
 from embedpipe.training import tracking
 
@@ -61,10 +60,10 @@ def init_distributed(single_process_group: bool = False) -> tuple[int, int, int]
     return 0, 1, 0
 
 
-def resolve_stage(recipe, stage: str, variant: dict | None) -> StageConfig:
+def resolve_stage(training: TrainingConfig, stage: str, variant: dict | None) -> StageConfig:
     if stage not in ("stage1", "stage2"):
         raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
-    base = getattr(recipe.training, stage)
+    base = getattr(training, stage)
     if not variant:
         return base
     overrides = dict(variant)
@@ -89,45 +88,45 @@ def plan_batches(stage: StageConfig, world_size: int) -> tuple[int, int, int]:
     return per_device, micro, per_device // micro
 
 
-def load_init_model(init_model: str | Path, cache_dir: Path | None = None):
-    """An encoder export, or any base checkpoint ``convert_checkpoint`` accepts (folder, .gguf, packaged alias)."""
+def load_init_encoder(init_model: str | Path, cache_dir: Path | None = None) -> tuple[Encoder, dict]:
+    """(fp32 CPU encoder, metadata) from an encoder export (``Encoder.from_pretrained``) or any base checkpoint
+    ``convert`` accepts (folder, .gguf, packaged alias); ``s3://`` sources are fetched through ``storage``.
+    The backend moves the model to its device."""
     from embedpipe.encoder.convert import load_bidirectional
-    from embedpipe.encoder.modeling_bidirectional_llama import LlamaBidirectionalModel
-    from transformers import AutoTokenizer
 
-    source = storage.local_copy(str(init_model), cache_dir) if storage.is_remote(str(init_model)) else init_model
+    source = storage.local_copy(str(init_model), cache_dir)
     try:
         meta = read_export_metadata(source)
     except (NotAnEncoderExport, FileNotFoundError):
         meta = None
     if meta is not None:
-        model = LlamaBidirectionalModel.from_pretrained(str(source), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer, meta
+        return Encoder.from_pretrained(source, device="cpu", dtype=torch.float32), meta
     model, tokenizer = load_bidirectional(source, dtype=torch.float32)
-    return model, tokenizer, {"base_model": str(init_model)}
+    return Encoder(model, tokenizer), {"base_model": str(init_model)}
 
 
-def load_stage_records(recipe, stage: str, records_path, stage_cfg: StageConfig, variant: dict | None):
+def load_stage_records(data, training: TrainingConfig, stage: str, records_path, stage_cfg: StageConfig):
+    """The stage's records: the file (local or s3://, through storage), mixed and filtered by the data area with
+    its own section (``data``: a DataConfig)."""
     from embedpipe.data.mix import select_stage_records
     from embedpipe.data.schema import read_records
 
     records = read_records(storage.local_copy(str(records_path)))
-    return select_stage_records(records, recipe, stage, weights_override=stage_cfg.data_weights,
-                                seed=recipe.training.seed, task_types=stage_cfg.task_types)
+    # the stage's data weights, then a stage-2 variant's on top (key by key)
+    weights = {**(getattr(training, stage).data_weights or {}), **(stage_cfg.data_weights or {})}
+    return select_stage_records(records, data, stage, weights_override=weights or None,
+                                seed=training.seed, task_types=stage_cfg.task_types)
 
 
 # ---------------------------------------------------------------------------------------------- the step
-def _forward_texts(module, ids: list[list[int]], pad_id: int, device, max_tokens: int) -> tuple[torch.Tensor, int, int]:
-    """Embeddings of token-id lists in length-sorted chunks (gradients kept); returns (emb, real, padded) tokens."""
+def _forward_texts(encoder: Encoder, ids: list[list[int]], max_tokens: int) -> tuple[torch.Tensor, int, int]:
+    """Embeddings of token-id lists in length-sorted chunks, through the encoder's own pad and embed (gradients
+    kept); returns (embeddings, real tokens, padded tokens)."""
     out: list[torch.Tensor | None] = [None] * len(ids)
     real = padded = 0
     for chunk in packed_chunks(ids, max_tokens):
-        batch = pad([ids[i] for i in chunk], pad_id, device)
-        hidden = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        emb = torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), p=2, dim=-1)
+        batch = encoder._pad([ids[i] for i in chunk])
+        emb = encoder.embed(batch)
         for row, i in enumerate(chunk):
             out[i] = emb[row]
         real += int(batch["attention_mask"].sum())
@@ -135,13 +134,21 @@ def _forward_texts(module, ids: list[list[int]], pad_id: int, device, max_tokens
     return torch.stack(out), real, padded
 
 
-def micro_batch_loss(backend, loss_fn, examples: Examples, rows: list[int], k: int, pad_id: int, device,
+def training_encoder(backend, tokenizer, stage_cfg: StageConfig) -> Encoder:
+    """The encoder the step runs: the backend's wrapped module (DDP / FSDP2 / DeepSpeed engine, whose forward syncs
+    gradients) with the run's tokenizer and the stage's lengths."""
+    return Encoder(backend.module, tokenizer, max_length=stage_cfg.max_document_length,
+                   query_max_length=stage_cfg.max_query_length)
+
+
+def micro_batch_loss(backend, encoder: Encoder, loss_fn, examples: Examples, rows: list[int], k: int,
                      max_tokens: int) -> tuple[torch.Tensor, int, int]:
+    device = encoder.device
     q_ids = [examples.query_ids[i] for i in rows]
     d_ids = [d for i in rows for d in examples.doc_ids[i]]
     with backend.autocast():
-        q, rq, pq = _forward_texts(backend.module, q_ids, pad_id, device, max_tokens)
-        d, rd, pd = _forward_texts(backend.module, d_ids, pad_id, device, max_tokens)
+        q, rq, pq = _forward_texts(encoder, q_ids, max_tokens)
+        d, rd, pd = _forward_texts(encoder, d_ids, max_tokens)
     d = d.view(len(rows), k + 1, -1)
     keys = Keys(text_keys([examples.query_texts[i] for i in rows], device),
                 text_keys([examples.doc_texts[i][0] for i in rows], device),
@@ -186,15 +193,28 @@ def _precision(training, device) -> bool:
 # ---------------------------------------------------------------------------------------------- entry point
 def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: dict | None = None,
                 checkpoint_dir=None, resume: bool = True) -> dict:
-    """Train one stage and write ``out_dir`` as an encoder export; returns a JSON-able summary.
+    """Train one stage of ``recipe`` and write ``out_dir`` as an encoder export; returns a JSON-able summary.
 
+    The recipe-level entry (``steps.train``, ``embedpipe.training.launch``): it resolves the stage (and variant),
+    has the data area select the stage's records, and hands :func:`train_records` the training section alone.
     ``init_model``: an encoder export (stage 2 starts from stage 1's) or a base checkpoint source.
     ``checkpoint_dir``: local folder or ``s3://`` prefix for periodic checkpoints (``stage.checkpoint_every``);
     with ``resume`` the latest one there is loaded and training continues at its step with the same data order.
     """
+    stage_cfg = resolve_stage(recipe.training, stage, variant)
+    records = load_stage_records(recipe.data, recipe.training, stage, records_path, stage_cfg)
+    return train_records(recipe.training, stage, stage_cfg, records, init_model, out_dir,
+                         checkpoint_dir=checkpoint_dir, resume=resume, params=recipe.flat_params(),
+                         source=str(records_path))
+
+
+def train_records(training: TrainingConfig, stage: str, stage_cfg: StageConfig, records: list, init_model, out_dir,
+                  checkpoint_dir=None, resume: bool = True, params: dict | None = None,
+                  source: str = "records") -> dict:
+    """The training loop on its own section: ``training`` (backend, loss, precision, seed), the resolved
+    ``stage_cfg``, and the stage's records. ``params``: extra run parameters to log (the recipe's, flattened);
+    ``source`` names the records in errors and logs."""
     started = time.time()
-    training = recipe.training
-    stage_cfg = resolve_stage(recipe, stage, variant)
     rank, world_size, local_rank = init_distributed(single_process_group=training.backend != "torch")
     per_device, micro, accumulation = plan_batches(stage_cfg, world_size)
     if training.backend == "fsdp" and world_size == 1:
@@ -202,8 +222,8 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(training.seed)
 
-    model, tokenizer, init_meta = load_init_model(init_model)
-    records = load_stage_records(recipe, stage, records_path, stage_cfg, variant)
+    init_encoder, init_meta = load_init_encoder(init_model)
+    model, tokenizer = init_encoder.model, init_encoder.tokenizer
     k = stage_cfg.hard_negatives
     dropped_short = 0
     if stage_cfg.short_records == "drop":
@@ -211,10 +231,10 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
         dropped_short = len(records) - len(kept)
         if dropped_short and rank == 0:
             log.warning("%s: dropped %d of %d records with fewer than %d hard negatives (short_records: drop)",
-                        records_path, dropped_short, len(records), k)
+                        source, dropped_short, len(records), k)
         records = kept
     examples = build_examples(records, tokenizer, k, stage_cfg.max_query_length, stage_cfg.max_document_length,
-                              source=str(records_path))
+                              source=source)
     if examples.truncated and rank == 0:
         log.warning("%d texts were longer than the stage's maximum length and were truncated", examples.truncated)
     loss_fn = build_loss(training.loss, training.temperature)
@@ -228,6 +248,7 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     backend = make_backend(training.backend, model, stage_cfg, training, device, rank, world_size, accumulation,
                            bf16, micro)
     check_on_device(backend.module, device)
+    encoder = training_encoder(backend, tokenizer, stage_cfg)
 
     store = CheckpointStore(str(checkpoint_dir), rank, world_size) if checkpoint_dir else None
     start_step, resumed_from = 0, None
@@ -240,11 +261,10 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
                 log.info("resumed from %s (step %d)", latest["name"], start_step)
 
     if rank == 0:
-        tracking.log_params({**recipe.flat_params(), **{f"train.{stage}.{k_}": v for k_, v in
+        tracking.log_params({**(params or {}), **{f"train.{stage}.{k_}": v for k_, v in
                              stage_cfg.model_dump(mode="json").items()}, f"train.{stage}.records": len(examples),
                              f"train.{stage}.world_size": world_size})
     peak = tracking.peak_flops(device)
-    pad_id = tokenizer.pad_token_id
     history: list[dict] = []
     fault = int(os.environ.get(FAULT_ENV, "0") or 0)
     real_total = padded_total = 0
@@ -257,7 +277,7 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
             last = m == len(micro_batches) - 1
             ctx = backend.no_sync() if not last else _null()
             with ctx:
-                loss, r_, p_ = micro_batch_loss(backend, loss_fn, examples, rows, k, pad_id, device,
+                loss, r_, p_ = micro_batch_loss(backend, encoder, loss_fn, examples, rows, k,
                                                 stage_cfg.max_tokens_per_forward)
                 backend.backward(loss)
             if not last:
@@ -301,7 +321,8 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     summary["replica_checksums"] = _replica_checksums(backend, training.backend, device)
     if rank == 0:
         _write_export(state, model, tokenizer, init_meta, stage_cfg, out_dir, summary)
-        tracking.log_metrics({f"{stage}.final_loss": summary["final_loss"] or float("nan")}, step=stage_cfg.steps)
+        if summary["final_loss"] is not None:  # a loss of exactly 0.0 is a value (``or`` made it NaN, then dropped)
+            tracking.log_metrics({f"{stage}.final_loss": summary["final_loss"]}, step=stage_cfg.steps)
         local_out = storage.local_copy(str(out_dir)) if storage.is_remote(str(out_dir)) else Path(out_dir)
         tracking.log_model_dir(str(local_out), f"model-{stage_cfg.name}")
     if torch.distributed.is_initialized():

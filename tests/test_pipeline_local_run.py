@@ -33,6 +33,7 @@ def tiny_recipe(tmp_path: Path) -> Path:
 @pytest.mark.timeout(1800)  # three runs of 18 steps (the base and stage-1 evaluations too) on a shared CPU
 def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypatch, capfd):
     from embedpipe import tracking
+    from embedpipe.evaluation import compare
     from embedpipe.cli.run_view import evaluations
     from embedpipe.encoder import Encoder
     from embedpipe.orchestration.local_runner import run_local
@@ -79,7 +80,7 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     parent = mlflow.get_run(first["mlflow_run_id"])
     assert parent.data.params["training.stage2.steps"] == "2"
     assert parent.data.metrics["mean_task"] == pytest.approx(scores["mean_task"])
-    comparison = tracking.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
+    comparison = compare.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
                                        metrics=["stage2.final_loss"])
     assert comparison["runs"] == ["stage1", "stage2 · mix-a", "stage2 · mix-b"]  # a child per training job
     assert comparison["params"]["variant.learning_rate"][2] == "2e-05"

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from embedpipe import tracking
+from embedpipe.evaluation import compare
 from embedpipe.recipe import load_recipe, recipes_dir
 
 
@@ -47,7 +48,7 @@ def test_parent_and_child_runs_and_compare(store, tmp_path):
     losses = mlflow.MlflowClient().get_metric_history(child_id, "stage2.loss")
     assert [(m.step, m.value) for m in losses] == [(1, 2.0), (2, 1.5)]
 
-    comparison = tracking.compare_runs("embedpipe-local", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id)
+    comparison = compare.compare_runs("embedpipe-local", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id)
     assert comparison["runs"] == ["mix-a", "mix-b"]
     assert comparison["params"] == {"variant.learning_rate": ["1e-05", "2e-05"]}  # only what differs
     assert comparison["metrics"]["mean_task"] == [0.41, 0.47]
@@ -57,12 +58,12 @@ def test_parent_and_child_runs_and_compare(store, tmp_path):
     from rich.console import Console
 
     console = Console(record=True, width=140)
-    console.print(tracking.comparison_table(comparison))
+    console.print(compare.comparison_table(comparison))
     text = console.export_text()
     assert "variant.learning_rate" in text and "0.4700" in text and "mix-b" in text
     assert "training.stage1.learning_rate" not in text  # identical params are left out
 
-    top = tracking.compare_runs("embedpipe-local")  # top-level runs only: the parent
+    top = compare.compare_runs("embedpipe-local")  # top-level runs only: the parent
     assert top["runs"] == ["ablation"]
 
 
@@ -84,7 +85,7 @@ def test_model_logged_as_pyfunc_and_registered(store, tiny_encoder):
 
 def test_errors_name_the_store(tmp_path, store):
     with pytest.raises(tracking.TrackingError, match="no MLflow experiment named 'nope'"):
-        tracking.compare_runs("nope")
+        compare.compare_runs("nope")
     with pytest.raises(tracking.TrackingError, match="MLflow server http://127.0.0.1:9 is not reachable"):
         tracking.check_tracking_uri("http://127.0.0.1:9", timeout=2)
     tracking.check_tracking_uri(f"sqlite:///{tmp_path / 'sub' / 'db.sqlite'}")
@@ -326,7 +327,7 @@ def test_compare_shows_axes_merge_gain_borda_and_a_readable_png(store, tmp_path)
 
     recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
     parent_id = ablation_store(recipe)
-    c = tracking.compare_runs("embedpipe-local", out_png=tmp_path / "compare.png", parent_run_id=parent_id)
+    c = compare.compare_runs("embedpipe-local", out_png=tmp_path / "compare.png", parent_run_id=parent_id)
     assert len(c["runs"]) == 4 and set(c["kinds"]) == {"cell"}
     assert c["plot_metric"] == "dev_mean_task"
     assert {"dev_mean_task", "test_mean_task", "dev_merge_gain"} <= set(c["metrics"])  # dev and test both shown
@@ -343,14 +344,14 @@ def test_compare_shows_axes_merge_gain_borda_and_a_readable_png(store, tmp_path)
     assert list(c["borda"]["dev"].values()) == [1, 1, 3, 3]
 
     console = Console(record=True, width=200)
-    for table in tracking.comparison_tables(c):
+    for table in compare.comparison_tables(c):
         console.print(table)
     text = console.export_text()
     assert "axis 'loss': changes training.loss" in text and "merged vs best single" in text
     assert "Borda rank (dev tasks)" in text and "+0.0200" in text and "-0.0200" in text
 
     # the PNG: one bar per run for the plotted metric; labels and title inside; legend (kinds) off the bars
-    fig = tracking.score_figure(c, title="embedpipe-local: a long experiment title that has to wrap " * 2)
+    fig = compare.score_figure(c, title="embedpipe-local: a long experiment title that has to wrap " * 2)
     bars = [p for p in fig.axes[0].patches]
     assert len(bars) == 4
     assert [round(b.get_width(), 4) for b in bars] == [0.4, 0.37, 0.25, 0.26]
@@ -374,17 +375,17 @@ def test_compare_full_pipeline_merged_vs_best_variant_with_legend_outside(store,
     with mlflow.start_run(run_id=parent_id):
         tracking.log_metrics({"dev_mean_task": 0.36, "dev_PydocRetrieval": 0.36, "test_mean_task": 0.33})
     tracking.close_pipeline_run(parent_id)
-    c = tracking.compare_runs("embedpipe-local", out_png=tmp_path / "full.png", parent_run_id=parent_id)
+    c = compare.compare_runs("embedpipe-local", out_png=tmp_path / "full.png", parent_run_id=parent_id)
     assert c["runs"] == ["stage2 · mix-a", "stage2 · mix-b", "local · first"]
     assert c["kinds"] == ["stage2", "stage2", "merged"]
     (merge,) = [m for m in c["merge"] if m["role"] == "dev"]
     assert merge["best_single_run"] == "stage2 · mix-b" and merge["gain"] == pytest.approx(0.01)
     assert c["borda"]["dev"]["local · first"] == 1
-    fig = tracking.score_figure(c)
+    fig = compare.score_figure(c)
     assert fig.legends, "two kinds of bars: a legend"
     text_inside_figure_and_legend_off_the_bars(fig)
     with pytest.raises(tracking.TrackingError, match="none of the metrics \\['nope'\\]"):
-        tracking.compare_runs("embedpipe-local", parent_run_id=parent_id, metrics=["nope"])
+        compare.compare_runs("embedpipe-local", parent_run_id=parent_id, metrics=["nope"])
     assert tracking.latest_pipeline_run("embedpipe-local") == parent_id
 
 

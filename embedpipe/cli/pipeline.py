@@ -200,17 +200,19 @@ def compare(
     if not experiment or not uri:
         typer.secho("error: give an experiment and a tracking URI (or --recipe)", fg="red", err=True)
         raise typer.Exit(2)
+    from embedpipe.evaluation import compare as comparing
+
     tracking.setup(uri)
     try:
         if parent == "latest":
             parent = tracking.latest_pipeline_run(experiment)
-        result = tracking.compare_runs(experiment, out_png=plot, parent_run_id=parent, metrics=metric or None,
-                                       include_children=children)
+        result = comparing.compare_runs(experiment, out_png=plot, parent_run_id=parent, metrics=metric or None,
+                                        include_children=children)
     except tracking.TrackingError as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
     console = Console()
-    for table in tracking.comparison_tables(result):
+    for table in comparing.comparison_tables(result):
         console.print(table)
     if result["plot"]:
         typer.echo(f"plot: {result['plot']}")

@@ -242,6 +242,27 @@ def find_child(parent_run_id: str, job: str):
     return runs[0] if runs else None
 
 
+def log_job_metrics(recipe, kfp_run_id: str, job: str, metrics: dict[str, float]) -> str | None:
+    """Metrics (e.g. a stage-2 model's dev scores) into training job ``job``'s child run of pipeline run
+    ``kfp_run_id`` (``job=""``: the parent run itself), when the step that scores it runs; returns the run's id
+    (None: no parent or no such child, as for a bare run or a training step taken from KFP's cache)."""
+    if not kfp_run_id or "{{" in kfp_run_id:
+        return None
+    setup(recipe.pipeline.mlflow_tracking_uri)
+    parent = find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    if parent is None:
+        return None
+    if job:
+        child = find_child(parent, job)
+        if child is None:
+            return None
+        run_id = child.info.run_id
+    else:
+        run_id = parent
+    log_metrics_to(run_id, metrics)
+    return run_id
+
+
 def log_metrics_to(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Finite metrics to a run by id, leaving its status and times alone (scores added to a finished child)."""
     import time

@@ -101,6 +101,11 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
             stage2 = with_mlflow(train2(recipe_json, mined.outputs["records"], stage1.outputs["model"], variant),
                                  settings)
             stage2.set_display_name("stage 2")
+            if settings.dev_tasks:  # each variant's dev scores, into its own child run (model selection, never test)
+                dev = on_gpus(evaluate(recipe_json=recipe_json, model=stage2.outputs["model"], data=data.outputs["data"],
+                                       role="dev", run_id=RUN_ID, job_stage="stage2", job_variant_json=variant),
+                              settings, 1)
+                with_mlflow(dev, settings).set_display_name("dev evaluation")
         merged = with_models(on_cpu(merge(recipe_json=recipe_json, models=dsl.Collected(stage2.outputs["model"]),
                                data=data.outputs["data"]),
                         settings, "8", "64Gi"), settings).set_display_name("merge")
@@ -110,6 +115,12 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
             .after(fetched).set_display_name("base encoder")
         evaluation_steps(settings, recipe_json, base.outputs["model"], data.outputs["data"], "base")
         evaluation_steps(settings, recipe_json, stage1.outputs["model"], data.outputs["data"], "stage1")
+        merged_dev = None
+        if settings.dev_tasks:  # the merged model on the dev tasks too (beside the variants': merged vs best single)
+            merged_dev = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
+                                          data=data.outputs["data"], role="dev", run_id=RUN_ID, to_parent=True),
+                                 settings, 1)
+            with_mlflow(merged_dev, settings).set_display_name("merged: dev evaluation")
         tracked = track_full(recipe_json=recipe_json, run_name=run_name, data=data.outputs["data"],
                              records=mined.outputs["records"], stage1_summary=stage1.outputs["Output"],
                              stage2_summaries=dsl.Collected(stage2.outputs["Output"]), merged=merged.outputs["merged"],
@@ -117,6 +128,8 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                              parent_run_id=tracking.output)
         with_mlflow(on_cpu(tracked, settings, "2", "16Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow + KServe manifest")
+        if merged_dev is not None:
+            tracked.after(merged_dev)
         return tracked.outputs["Output"]
 
     return full

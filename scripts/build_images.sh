@@ -10,8 +10,10 @@
 #                here with debootstrap and `podman import`, tagged localhost/embedpipe-debian:bookworm)
 #   TORCH_SPEC   the torch requirement (default torch==2.13.0); TORCH_INDEX an extra index for it
 #                (https://download.pytorch.org/whl/cpu or .../cu128), WHEELS a local wheel folder (default /opt/wheels
-#                when it holds a torch wheel) copied into the build context
+#                when it holds a torch wheel) linked into the build context's docker/wheels/ (bind-mounted by the RUN
+#                that installs torch, so no image layer keeps it)
 #   REGISTRY/TAG the image names (default ghcr.io/embedpipe, 0.1.0: what the components declare): ${REGISTRY}/embedpipe-${role}:${TAG}
+#   BUILD_ARGS   more `podman build` options (e.g. --no-cache for a cold build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROLES=("$@"); [ ${#ROLES[@]} -gt 0 ] || ROLES=(base sdg train eval serve)
@@ -64,11 +66,13 @@ PIP_ARGS=()
 for conf in /etc/pip.conf /etc/xdg/pip; do [ -e "$conf" ] && PIP_ARGS+=(-v "$conf:$conf:ro"); done
 for path in /opt/pypi /opt/pypi-more /etc/ssl/certs; do [ -d "$path" ] && PIP_ARGS+=(-v "$path:$path:ro"); done
 
+# the label `embedpipe run --runner docker` compares with the checkout's source (the build checks it too)
+SOURCE_DIGEST=$(python3 -m embedpipe.orchestration.images digest .)
 for role in "${ROLES[@]}"; do
   started=$SECONDS
   podman build --network=host --layers "${PIP_ARGS[@]}" -f docker/Dockerfile --build-arg ROLE="$role" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg TORCH_SPEC="$TORCH_SPEC" --build-arg TORCH_INDEX="$TORCH_INDEX" \
-    -t "$REGISTRY/embedpipe-$role:$TAG" . 
+    --build-arg SOURCE_DIGEST="$SOURCE_DIGEST" ${BUILD_ARGS:-} -t "$REGISTRY/embedpipe-$role:$TAG" .
   echo "built $REGISTRY/embedpipe-$role:$TAG in $((SECONDS - started)) s"
 done
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep "^$REGISTRY/embedpipe-" || true

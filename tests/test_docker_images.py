@@ -39,9 +39,17 @@ def test_one_dockerfile_base_image_is_a_build_argument_and_steps_run_unprivilege
     args = {v.split("=")[0] for v in instructions("ARG")}
     assert {"BASE_IMAGE", "TORCH_SPEC", "TORCH_INDEX", "ROLE", "ACCELERATOR"} <= args
     for value in instructions("COPY"):
+        if value.startswith("--from="):
+            continue  # from the requirements stage
         *sources, _dest = value.split()
         for source in sources:
             assert (REPO / source).exists(), f"docker/Dockerfile copies {source}, which is not in the repository"
+    # the torch wheel folder is bind-mounted into the RUN that installs it, never COPYed (a layer would keep it)
+    assert not any("docker/wheels" in v for v in instructions("COPY"))
+    assert any("--mount=type=bind,source=docker/wheels" in v for v in instructions("RUN"))
+    assert not instructions("SHELL"), "SHELL is ignored in OCI images (podman's default format): write RUNs for sh"
+    # labelled with the digest of the source it copied (embedpipe run --runner docker refuses other digests)
+    assert any(v.startswith(f"{images.SOURCE_LABEL}=") for v in instructions("LABEL"))
     # embedpipe's source last: a source change rebuilds only the final layers, never the dependency layers
     runs = [i for i in structure if i["instruction"] in ("RUN", "COPY")]
     first_source = next(n for n, i in enumerate(runs) if i["value"].startswith("embedpipe "))
@@ -119,3 +127,56 @@ def test_a_removed_module_fails_the_check_naming_step_and_module():
     assert any(line.startswith("step mine (image embedpipe-train): cannot import faiss (imported at embedpipe.")
                for line in lines), result.stderr[-3000:]
     assert "embedpipe-train:" in result.stdout and "missing" in result.stdout
+
+
+def test_source_digest_follows_the_source_and_ignores_what_the_build_context_leaves_out(tmp_path):
+    """The label the images carry: it changes with any source file, not with caches, egg-info or symlinks (the
+    worktrees' embedpipe/components -> ../components links), and is the same from the CLI the build runs."""
+    for part in images.SOURCE_PARTS:
+        if (REPO / part).is_file():
+            shutil.copy2(REPO / part, tmp_path / part)
+        else:
+            shutil.copytree(REPO / part, tmp_path / part, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    first = images.source_digest(tmp_path)
+    assert first == images.source_digest(REPO)
+    (tmp_path / "embedpipe" / "__pycache__").mkdir(exist_ok=True)
+    (tmp_path / "embedpipe" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "embedpipe" / "x.egg-info").mkdir()
+    (tmp_path / "embedpipe" / "link").symlink_to(tmp_path / "components")
+    assert images.source_digest(tmp_path) == first
+    cli = subprocess.run([sys.executable, "-m", "embedpipe.orchestration.images", "digest", str(tmp_path)],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+    assert cli == first
+    (tmp_path / "embedpipe" / "storage.py").write_text((tmp_path / "embedpipe" / "storage.py").read_text() + "#\n")
+    assert images.source_digest(tmp_path) != first
+
+
+def test_the_installed_package_carries_every_data_file_of_the_source(tmp_path):
+    """The images install embedpipe from a wheel (`pip install --no-deps .`), not editable: a data file the wheel
+    lacks (SDG's prompt templates once) works here and fails in every container."""
+    import zipfile
+
+    source = tmp_path / "source"  # a clean copy, as the build context is (an in-tree build/ would mask omissions)
+    source.mkdir()
+    for part in (*images.SOURCE_PARTS, "README.md"):
+        if (REPO / part).is_file():
+            shutil.copy2(REPO / part, source / part)
+        else:
+            shutil.copytree(REPO / part, source / part, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True, timeout=600,
+                   env={**os.environ, "PIP_NO_INDEX": "1"})
+    [wheel] = (tmp_path / "wheel").glob("embedpipe-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    want = set()
+    for top, prefix in (("embedpipe", "embedpipe"), ("components", "embedpipe/components"),
+                        ("pipelines", "embedpipe/pipelines")):
+        for path in (REPO / top).rglob("*"):
+            rel = path.relative_to(REPO / top)
+            if top == "embedpipe" and rel.parts[0] in ("components", "pipelines"):
+                continue  # the worktrees' links to the top-level folders, walked on their own
+            if path.is_file() and path.suffix != ".pyc" and "__pycache__" not in rel.parts:
+                want.add(f"{prefix}/{rel.as_posix()}")
+    assert not want - shipped, f"not in the wheel (add them to [tool.setuptools.package-data]): {sorted(want - shipped)}"

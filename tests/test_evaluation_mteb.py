@@ -408,3 +408,17 @@ def test_dev_role_scores_the_dev_split_only(tiny_encoder, tmp_path):
                       None, role="dev")
     with pytest.raises(ValueError, match="dev task"):
         EvaluationConfig(dev_tasks=["XNLI:"])
+
+
+def test_mteb_dev_tasks_exclude_what_the_test_tasks_score():
+    """A benchmark scores some tasks' validation splits too: naming one as a dev task is refused; a split of a task
+    outside the benchmark is taken, restricted to that split (task metadata only, nothing downloaded)."""
+    from embedpipe.evaluation.run import collect_tasks
+
+    config = EvaluationConfig(benchmark="MTEB(Multilingual, v2)", dev_tasks=["MTOPDomainClassification:validation"])
+    [task] = collect_tasks(config, None, role="dev")
+    assert task.metadata.name == "MTOPDomainClassification" and task.eval_splits == ["validation"]
+    with pytest.raises(ValueError, match="XNLI split 'validation' is scored by the test tasks"):
+        collect_tasks(config.model_copy(update={"dev_tasks": ["XNLI:validation"]}), None, role="dev")
+    with pytest.raises(ValueError, match="has no split 'dev'"):
+        collect_tasks(EvaluationConfig(dev_tasks=["XNLI"]), None, role="dev")

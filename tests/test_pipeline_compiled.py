@@ -46,7 +46,7 @@ def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
     docs = compiled[("local", "full")]
     executors, platform = _executors(docs[0]), _platform(docs)
     gpu_executors = {k for k, v in executors.items() if "accelerator" in v["container"].get("resources", {})}
-    # evaluate, evaluate-2, evaluate-3: the merged, base and stage-1 models
+    # evaluate, evaluate-2...: the merged, base and stage-1 models (test), each variant and the merged one (dev)
     assert {re.sub(r"-\d+$", "", k.removeprefix("exec-")) for k in gpu_executors} == GPU_STEPS
     for name in gpu_executors:
         resources = executors[name]["container"]["resources"]
@@ -68,14 +68,22 @@ def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
 def test_full_pipeline_shape(compiled):
     spec = compiled[("local", "full")][0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"build-data", "synthesize", "mine", "train-stage1", "plan-variants", "for-loop-1", "merge", "evaluate",
+    assert {"build-data", "synthesize", "mine", "train-stage1", "plan-variants", "for-loop-1", "merge",
             "track-full"} <= set(tasks)
+
+    def role(task):
+        return task["inputs"]["parameters"].get("role", {}).get("runtimeValue", {}).get("constant", "test")
+
+    evaluations = {role(t) for n, t in tasks.items() if n.startswith("evaluate")}
+    assert evaluations == {"dev", "test"}  # the merged model on the dev tasks and on the test tasks
+    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {role(t) for n, t in loop.items() if n.startswith("evaluate")} == {"dev"}  # each variant, dev only
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"].endswith("plan-variants-Output")
     # the merged model, the untrained base and the stage-1 model on the same tasks
     from embedpipe.pipelines.full import EVALUATED
 
     evaluated = {t["taskInfo"]["name"]: t["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
-                 for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate")}
+                 for t in tasks.values() if t["componentRef"]["name"].startswith("comp-evaluate") and role(t) == "test"}
     assert evaluated == {EVALUATED["merged"]: {"producerTask": "merge", "outputArtifactKey": "merged"},
                          EVALUATED["base"]: {"producerTask": "base-encoder", "outputArtifactKey": "model"},
                          EVALUATED["stage1"]: {"producerTask": "train-stage1", "outputArtifactKey": "model"}}
@@ -96,11 +104,17 @@ def test_multi_node_recipe_trains_through_pytorchjob_launchers(compiled):
 
 
 def test_ablation_pipeline_shape(compiled):
+    """The local recipe's grid is one cell (its loss, all its stage-2 variants merged): the steps of the plan,
+    unrolled, with the stage-2 variants in a loop, each scored on the dev tasks (tests/test_pipeline_ablation.py
+    covers larger grids)."""
     spec = compiled[("local", "ablation")][0]
     tasks = spec["root"]["dag"]["tasks"]
-    assert {"build-data", "plan-ablation", "for-loop-1", "track-ablation"} <= set(tasks)
-    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
-    assert {"synthesize", "mine", "train-stage1", "train-merge-set", "evaluate"} <= set(loop)
+    assert {"build-data", "plan-ablation", "synthesize", "mine", "train-stage1", "merge-cells", "track-ablation"} \
+        <= set(tasks)
+    loop = next(n for n in tasks if n.startswith("for-loop"))
+    inner = spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"train-stage2", "evaluate"} <= set(inner)
+    assert inner["evaluate"]["inputs"]["parameters"]["role"]["runtimeValue"]["constant"] == "dev"
 
 
 def test_images_follow_the_recipe():

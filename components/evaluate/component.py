@@ -10,19 +10,29 @@ from embedpipe.orchestration.images import image
 @dsl.component(base_image=image("eval"), install_kfp_package=False)
 def evaluate(recipe_json: str, model: dsl.Input[dsl.Model], data: dsl.Input[dsl.Dataset],
              results: dsl.Output[dsl.Artifact], scores: dsl.Output[dsl.Metrics], model_name: str = "",
-             overrides_json: str = "") -> str:
+             overrides_json: str = "", role: str = "test", run_id: str = "", job_stage: str = "", job_cell: str = "",
+             job_variant_json: str = "", to_parent: bool = False) -> str:
+    """``role="dev"``: the dev tasks (model selection), ``"test"``: the test tasks (the final model). ``run_id`` (the
+    KFP run) and ``job_*`` (the training job that made the model: stage, ablation unit, variant): the scores also
+    go to that job's MLflow child run, now; ``to_parent``: to the pipeline's parent run (the merged model)."""
     import json
     import os
 
+    from embedpipe import tracking
+    from embedpipe.evaluation.run import role_metrics
     from embedpipe.orchestration import steps
     from embedpipe.tracking import numeric_metrics
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
-    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None)
+    summary = steps.evaluate(recipe, model.path, data.path, results.path, model_name=model_name or None, role=role)
+    if job_stage or to_parent:
+        job = tracking.job_key(job_stage, json.loads(job_variant_json) if job_variant_json else None,
+                               job_cell or None) if job_stage else ""
+        tracking.log_job_metrics(recipe, run_id, job, role_metrics(summary.model_dump()))
     os.makedirs(results.path, exist_ok=True)
     with open(os.path.join(results.path, "scores.json"), "w") as handle:
         handle.write(summary.model_dump_json(indent=2, fallback=str))
-    headline = numeric_metrics({k: summary.get(k) for k in ("mean_task", "mean_task_type", "borda")})
+    headline = numeric_metrics({f"{role}_{k}": summary.get(k) for k in ("mean_task", "mean_task_type", "borda")})
     for key, value in headline.items():
         scores.log_metric(key, value)  # shown by the KFP UI
     os.makedirs(os.path.dirname(scores.path), exist_ok=True)

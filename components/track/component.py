@@ -35,13 +35,11 @@ def track_full(recipe_json: str, run_name: str, data: dsl.Input[dsl.Dataset], re
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)
-def track_ablation(recipe_json: str, run_name: str, cell_summaries: list,
-                   results: dsl.Input[List[dsl.Artifact]], parent_run_id: str = "") -> str:
+def track_ablation(recipe_json: str, run_name: str, plan_json: str, reports_json: str, parent_run_id: str = "") -> str:
     import json
 
     from embedpipe.orchestration import publish, steps
 
     recipe = steps.recipe_from_json(recipe_json)
-    return json.dumps(publish.record_ablation(recipe, run_name, [json.loads(s) for s in cell_summaries],
-                                              [r.path for r in results], parent_run_id=parent_run_id),
-                      default=str)
+    return json.dumps(publish.record_ablation(recipe, run_name, json.loads(plan_json), json.loads(reports_json),
+                                              parent_run_id=parent_run_id), default=str)

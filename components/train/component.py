@@ -1,5 +1,5 @@
-"""Training in the step's own pod (one node): stage 1 from the base model, stage 2 from stage 1, and a merge set
-(several stage-2 variants trained in turn, then merged) for ablation cells. embedpipe.training.run.train_stage."""
+"""Training in the step's own pod (one node): stage 1 from the base model, stage 2 from stage 1.
+embedpipe.training.run.train_stage."""
 
 from kfp import dsl
 
@@ -32,21 +32,12 @@ def train_stage2(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: 
 
     recipe = steps.recipe_from_json(recipe_json, overrides_json)
     variant = json.loads(variant_json)
-    unit = json.loads(overrides_json) if overrides_json else {}  # an ablation unit: its name keys the child run
+    unit = json.loads(overrides_json) if overrides_json else {}  # an ablation unit: its own checkpoints and child run
+    cell = unit["name"] if isinstance(unit, dict) and unit.get("name") else None
     summary = steps.train(recipe, "stage2", records.path, init_model.path, model.path, variant=variant,
-                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, "stage2", steps.variant_name(variant)),
-                          kfp_run_id=run_id, cell=unit.get("name") if isinstance(unit, dict) else None)
+                          checkpoint_dir=steps.checkpoint_folder(recipe, run_id, *([cell] if cell else []), "stage2",
+                                                                 steps.variant_name(variant)),
+                          kfp_run_id=run_id, cell=cell)
     summary.variant = variant
+    model.metadata["variant"] = steps.variant_name(variant)  # a merge picks its set from the Collected models by it
     return summary.to_json()
-
-
-@dsl.component(base_image=image("train"), install_kfp_package=False)
-def train_merge_set(recipe_json: str, records: dsl.Input[dsl.Dataset], init_model: dsl.Input[dsl.Model],
-                    cell_json: str, merged: dsl.Output[dsl.Model], run_id: str = "") -> str:
-    """An ablation cell's stage-2 variants (its merge set), trained from its stage-1 model, then merged."""
-    import json
-
-    from embedpipe.orchestration import ablation
-
-    return json.dumps(ablation.train_and_merge(json.loads(cell_json), recipe_json, records.path, init_model.path,
-                                               merged.path, run_id=run_id), default=str)

@@ -82,6 +82,8 @@ def collect_tasks(config: EvaluationConfig, extra_tasks_dir: str | Path | None, 
                  for t in local if t.dev_split]
         tasks += [build_task(t, max_corpus=config.max_corpus) for t in config.dev_local_tasks]
         tasks += [_mteb_dev_task(name) for name in config.dev_tasks]
+        if config.dev_tasks:
+            _check_dev_is_not_test(config, tasks)
     else:
         import mteb
 
@@ -102,6 +104,21 @@ def collect_tasks(config: EvaluationConfig, extra_tasks_dir: str | Path | None, 
         raise ValueError("nothing to evaluate: set evaluation.benchmark, evaluation.tasks or evaluation.local_tasks, "
                          "or give a folder with tasks.json")
     return tasks
+
+
+def _check_dev_is_not_test(config: EvaluationConfig, dev_tasks: list) -> None:
+    """No dev task may be a split the test tasks score (a benchmark scores some tasks' validation splits too)."""
+    import mteb
+
+    test = list(mteb.get_tasks(tasks=config.tasks)) if config.tasks else []
+    if config.benchmark:
+        test += list(mteb.get_benchmark(config.benchmark).tasks)
+    scored = {(t.metadata.name, split) for t in test for split in t.eval_splits}
+    for task in dev_tasks:
+        clash = [s for s in task.eval_splits if (task.metadata.name, s) in scored]
+        if clash:
+            raise ValueError(f"evaluation.dev_tasks: {task.metadata.name} split {clash[0]!r} is scored by the test "
+                             f"tasks ({config.benchmark or config.tasks}); choose a split or task they do not score")
 
 
 def _mteb_dev_task(name: str):

@@ -33,6 +33,9 @@ class ClusterSettings:
     eval_groups: int = 1  # MTEB evaluation pods (task groups), merged into one results folder
     hub_env: bool = True  # False for kfp.local runs: no cache volume there, the machine's own HF settings apply
     queue_name: str | None = None  # Kueue LocalQueue of every GPU pod
+    # the ablation grid's plan (embedpipe.orchestration.ablation.plan_grid, as JSON): the ablation pipeline unrolls it
+    ablation_plan: str = ""
+    dev_tasks: bool = True  # the recipe has dev tasks: the full pipeline scores each stage-2 model and the merge on them
 
     @classmethod
     def from_recipe(cls, recipe, local: bool = False) -> "ClusterSettings":
@@ -55,11 +58,35 @@ class ClusterSettings:
             eval_groups=recipe.evaluation.groups,
             hub_env=not local,
             queue_name=p.queue_name,
+            ablation_plan=_ablation_plan(recipe),
+            dev_tasks=has_dev_tasks(recipe),
         )
+
+    @property
+    def plan(self) -> dict | None:
+        """The ablation plan (None for settings made without a recipe)."""
+        import json
+
+        return json.loads(self.ablation_plan) if self.ablation_plan else None
 
     @property
     def sdg_max_tp(self) -> int:
         return max((tp for _, tp in self.sdg_generators), default=1)
+
+
+def has_dev_tasks(recipe) -> bool:
+    """Whether the recipe gives dev tasks: MTEB dev splits, local dev tasks, or a pydoc source's held-out dev split."""
+    ev = recipe.evaluation
+    return bool(ev.dev_tasks or ev.dev_local_tasks or any(t.dev_split for t in ev.local_tasks)
+                or any(s.kind == "pydoc" and s.dev_fraction > 0 for s in recipe.data.sources))
+
+
+def _ablation_plan(recipe) -> str:
+    import json
+
+    from embedpipe.orchestration.ablation import plan_grid
+
+    return json.dumps(plan_grid(recipe), sort_keys=True)
 
 
 def on_gpus(task, settings: ClusterSettings, gpus: int, cpu: str = "8", memory: str = "64Gi"):

@@ -34,14 +34,31 @@ class GeneratorMix(Section):
 
 
 class AblationConfig(Section):
-    """The ablation grid: every combination of loss variant x SDG generator mix x merge set is one child run.
+    """The ablation grid: every combination of loss variant x SDG generator mix x merge set x seed is one child run.
 
-    Empty axes keep the recipe's own setting (its loss, its generator shares, all stage-2 variants merged).
+    Empty axes keep the recipe's own setting (its loss, its generator shares, all stage-2 variants merged, its seed).
+    Cells share every step whose effective inputs they share (embedpipe.orchestration.ablation.plan_grid): a
+    loss-only axis shares SDG and mining, a merge-set-only axis shares stage 1 and the stage-2 trainings.
     """
 
     losses: list[LossName] = Field(default_factory=list)
     generator_mixes: list[GeneratorMix] = Field(default_factory=list)
     merge_sets: list[list[str]] = Field(default_factory=list)  # each: names of training.stage2_variants to merge
+    seeds: list[int] = Field(default_factory=list)  # the recipe's root seed per cell (SDG, mining, training)
+    parallelism: int = Field(1, ge=1)  # training steps (stage 1 or stage 2) that run at once
+
+    @model_validator(mode="after")
+    def _distinct_axis_values(self) -> "AblationConfig":
+        for axis, values in (("losses", self.losses), ("seeds", self.seeds),
+                             ("generator_mixes", [m.name for m in self.generator_mixes]),
+                             ("merge_sets", ["+".join(m) for m in self.merge_sets])):
+            doubled = sorted({str(v) for v in values if values.count(v) > 1})
+            if doubled:
+                raise ValueError(f"pipeline.ablation.{axis}: {doubled} appear more than once")
+        empty = [i for i, m in enumerate(self.merge_sets) if not m]
+        if empty:
+            raise ValueError(f"pipeline.ablation.merge_sets[{empty[0]}] is empty: name at least one stage-2 variant")
+        return self
 
 
 class Toleration(Section):

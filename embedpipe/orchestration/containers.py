@@ -12,6 +12,8 @@ here by replacing its ``run_docker_container`` for the duration of the run (kfp'
   store and local data files, so those folders are mounted at the same paths.
 
 Containers run as the image's non-root user unless ``user`` is given; the mounted folders are made writable for it.
+Before a run, :func:`image_problems` refuses images that are missing or were built from other embedpipe source than
+the checkout (their ``org.embedpipe.source-digest`` label, see images.source_digest).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from embedpipe.orchestration.images import DEFAULT_REGISTRY, DEFAULT_TAG, ROLES, image
+from embedpipe.orchestration.images import (
+    DEFAULT_REGISTRY,
+    DEFAULT_TAG,
+    ROLES,
+    SOURCE_LABEL,
+    checkout_root,
+    image,
+    source_digest,
+)
 
 
 def engine_error(err: Exception) -> str:
@@ -34,6 +44,43 @@ def missing_images(client, registry: str = DEFAULT_REGISTRY, tag: str = DEFAULT_
     """The role images the pipeline needs that the engine does not have (build them: scripts/build_images.sh)."""
     have = {t for img in client.images.list() for t in img.tags}
     return [image(role, registry, tag) for role in ROLES if role != "serve" and image(role, registry, tag) not in have]
+
+
+def stale_images(client, registry: str = DEFAULT_REGISTRY, tag: str = DEFAULT_TAG, root=None) -> list[str]:
+    """One line per role image the pipeline needs whose source-digest label is not ``root``'s (default: the checkout
+    embedpipe is imported from; nothing to compare when it is installed from a wheel). An unlabelled image counts as
+    stale: nothing says which source it holds."""
+    root = root or checkout_root()
+    if root is None:
+        return []
+    want = source_digest(root)
+    out = []
+    for role in ROLES:
+        if role == "serve":
+            continue
+        name = image(role, registry, tag)
+        have = (client.images.get(name).labels or {}).get(SOURCE_LABEL) or ""
+        if have != want:
+            out.append(f"{name} (built from source {have[:12] or 'of unknown digest'})")
+    return out
+
+
+def image_problems(client, registry: str = DEFAULT_REGISTRY, tag: str = DEFAULT_TAG, root=None) -> str | None:
+    """Why the engine's role images cannot run this checkout's steps (missing, or built from other source), with
+    how to rebuild; None when they can. EMBEDPIPE_ALLOW_STALE_IMAGES=1 skips the source comparison."""
+    rebuild = f"`REGISTRY={registry} TAG={tag} bash scripts/build_images.sh`"
+    missing = missing_images(client, registry, tag)
+    if missing:
+        return f"the container engine lacks {', '.join(missing)}: build them with {rebuild}"
+    if os.environ.get("EMBEDPIPE_ALLOW_STALE_IMAGES") == "1":
+        return None
+    stale = stale_images(client, registry, tag, root)
+    if stale:
+        root = root or checkout_root()
+        return (f"images built from an older embedpipe source than this checkout ({root}, source "
+                f"{source_digest(root)[:12]}): {'; '.join(stale)}. Rebuild them with {rebuild} (only the source "
+                f"layer is rebuilt), or set EMBEDPIPE_ALLOW_STALE_IMAGES=1 to run the old code anyway")
+    return None
 
 
 def run_container(client, image_name: str, command: list[str], volumes: dict, **run_args) -> int:

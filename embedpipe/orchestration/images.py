@@ -32,6 +32,52 @@ def retarget(ir: dict, registry: str, tag: str) -> dict:
     return ir
 
 
+# --- which source an image was built from ---------------------------------------------------------------------
+# The Dockerfile labels each image with the digest of the embedpipe source it copied (SOURCE_LABEL; the build checks
+# the label against the files it copied), and `embedpipe run --runner docker` refuses images whose digest is not the
+# checkout's: a step would otherwise run older code than the one being worked on.
+
+SOURCE_LABEL = "org.embedpipe.source-digest"
+SOURCE_PARTS = ("pyproject.toml", "setup.py", "embedpipe", "components", "pipelines")
+
+
+def source_digest(root) -> str:
+    """sha256 over the paths and bytes of embedpipe's installable source under ``root`` (SOURCE_PARTS; symlinks,
+    ``__pycache__``, ``*.pyc`` and ``*.egg-info`` left out, as docker/.dockerignore leaves them out of the build)."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    root = Path(root)
+    files: list[str] = []
+    for part in SOURCE_PARTS:
+        top = root / part
+        if top.is_file() and not top.is_symlink():
+            files.append(part)
+            continue
+        for folder, dirs, names in os.walk(top):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not d.endswith(".egg-info")
+                       and not os.path.islink(os.path.join(folder, d))]
+            for name in names:
+                path = os.path.join(folder, name)
+                if not name.endswith(".pyc") and not os.path.islink(path):
+                    files.append(os.path.relpath(path, root))
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(rel.replace(os.sep, "/").encode() + b"\0" + (root / rel).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def checkout_root():
+    """The source checkout this embedpipe is imported from (an editable install), or None (installed from a wheel)."""
+    from pathlib import Path
+
+    import embedpipe
+
+    root = Path(embedpipe.__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "components").is_dir() else None
+
+
 # --- what each step imports, and the check that its image has it -------------------------------------------------
 # The modules a step needs are read from the code (its component function, the embedpipe functions it calls, and
 # every import of the embedpipe modules those reach, function-level ones included); what each image installs is
@@ -198,14 +244,21 @@ def check_role(role: str, accelerator: bool | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m embedpipe.orchestration.images check ROLE...``: exit 1 naming each step and missing module."""
+    """``python -m embedpipe.orchestration.images check ROLE...``: exit 1 naming each step and missing module;
+    ``... digest [ROOT]``: :func:`source_digest` of a checkout (default: here)."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m embedpipe.orchestration.images")
-    parser.add_argument("command", choices=["check"])
-    parser.add_argument("roles", nargs="*", default=list(ROLES))
+    parser = argparse.ArgumentParser(prog="python -m embedpipe.orchestration.images",
+                                     description="check ROLE...: each role's step imports here; "
+                                                 "digest [ROOT]: the source digest the images are labelled with")
+    parser.add_argument("command", choices=["check", "digest"])
+    parser.add_argument("roles", nargs="*")
     args = parser.parse_args(argv)
+    if args.command == "digest":
+        print(source_digest(args.roles[0] if args.roles else "."))
+        return 0
+    args.roles = args.roles or list(ROLES)
     failed = 0
     for role in args.roles:
         problems = check_role(role)

@@ -108,13 +108,12 @@ def _docker(recipe: Recipe, base: Path, root: Path):
     pipeline = recipe.pipeline
     try:
         client = docker.from_env()
-        missing = containers.missing_images(client, pipeline.image_registry, pipeline.image_tag)
+        problem = containers.image_problems(client, pipeline.image_registry, pipeline.image_tag)
         client.close()
     except docker.errors.DockerException as err:
         raise RuntimeError(containers.engine_error(err)) from None
-    if missing:
-        raise RuntimeError(f"the container engine lacks {', '.join(missing)}: build them with "
-                           f"`bash scripts/build_images.sh` (REGISTRY={pipeline.image_registry} TAG={pipeline.image_tag})")
+    if problem:  # missing, or built from older source than this checkout
+        raise RuntimeError(problem)
     mounts = [base, root]
     if not storage.is_remote(pipeline.artifact_root):
         mounts.append(Path(pipeline.artifact_root))

@@ -124,31 +124,86 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
             "manifest": manifest_path, "inference_service": manifest.get("metadata", {}).get("name")}
 
 
-def record_ablation(recipe: Recipe, run_name: str, cell_summaries: list[dict], results_dirs: list[str],
-                    parent_run_id: str = "") -> dict:
-    """The grid's parent run (opened by the pipeline's first step; without one, here): each cell a child run with its
-    axes as params and its scores as metrics, each training job its own child; then the parent ends."""
+def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dict], parent_run_id: str = "") -> dict:
+    """The grid's parent run (opened by the pipeline's first step; without one, here) gets the plan; every training
+    job its child (live from the training step; recorded here when KFP took the step from its cache), stage-2 jobs
+    with their dev scores; each cell a child run (its recipe as params, its axes as ``ablation.*``, its dev scores as
+    ``dev_*``; a merged cell also ``dev_best_single_mean_task`` and ``dev_merge_gain``); then the parent ends."""
     import mlflow
+
+    from embedpipe.evaluation.run import role_metrics
+    from embedpipe.orchestration.ablation import cell_results
 
     _setup(recipe)
     parent_run_id = parent_run_id or open_run(recipe, "ablation", "", run_name or "ablation")
+    recipe_json = recipe.model_dump_json()
+    by_group = {r["group"]: r for r in reports}
+    units = {u["key"]: u for u in plan["stage1"]}
+    # a training job's axes: those of the cells it serves, but the merge set (a group serves several)
+    axes = {c["group"]: {f"ablation.{k}": v for k, v in c["axes"].items() if k != "merge_set"} for c in plan["cells"]}
+    client = mlflow.MlflowClient()
     cells = []
     with mlflow.start_run(run_id=parent_run_id) as run:
-        for summary, results in zip(cell_summaries, results_dirs):
-            cell = summary["cell"]
-            scores = json.loads((Path(results) / "scores.json").read_text())
-            with tracking.recipe_run(recipe, run_name=cell["name"], parent_run_id=run.info.run_id,
+        tracking.write_json_artifact(plan, "ablation/plan.json")
+        tracking.log_metrics({"ablation.cells": len(plan["cells"]), "ablation.stage1_trainings": len(plan["stage1"]),
+                              "ablation.stage2_trainings": sum(len(g["variants"]) for g in plan["stage2"])})
+        recorded_stage1 = set()
+        for group in plan["stage2"]:
+            report = by_group[group["key"]]
+            unit = units[group["stage1"]]
+            if unit["key"] not in recorded_stage1:
+                recorded_stage1.add(unit["key"])
+                child = record_training(steps.recipe_from_json(recipe_json, json.dumps(unit["overrides"])),
+                                        run.info.run_id, report["stage1"], "stage1", cell=unit["name"])
+                _add_params(client, child, axes[group["key"]])
+            group_recipe = steps.recipe_from_json(recipe_json, json.dumps(group["overrides"]))
+            for variant in report["variants"]:
+                spec = variant["training"].get("variant") or {}
+                child = record_training(group_recipe, run.info.run_id, variant["training"], "stage2", variant=spec,
+                                        cell=group["name"])
+                _add_params(client, child, axes[group["key"]])
+                logged = client.get_run(child).data.metrics
+                dev = role_metrics(variant["dev"])
+                if any(k not in logged for k in dev):  # the dev step logs them live; a cached one did not
+                    client.log_batch(child, metrics=_metrics(dev))
+        for result in cell_results(plan, reports):
+            cell = result["cell"]
+            cell_recipe = steps.recipe_from_json(recipe_json, json.dumps(cell["overrides"]))
+            with tracking.recipe_run(cell_recipe, run_name=cell["name"], parent_run_id=run.info.run_id,
                                      tags={"embedpipe.pipeline": "ablation", tracking.KIND_TAG: "cell",
-                                           tracking.CELL_TAG: cell["name"]},
+                                           tracking.CELL_TAG: cell["name"], "embedpipe.group": cell["group"]},
                                      params={f"ablation.{k}": v for k, v in cell["axes"].items()}) as child:
-                tracking.log_scores(scores)
-                cells.append({"run_id": child.info.run_id, "name": cell["name"], **_headline(scores)})
-            for stage2 in summary.get("stage2", []):
-                record_training(recipe, run.info.run_id, stage2, "stage2", variant=stage2.get("variant") or {},
-                                cell=cell["name"])
+                metrics = role_metrics(result["dev"])
+                singles = [v["dev"]["mean_task"] for v in result["variants"]]
+                if cell["merged"]:
+                    metrics["dev_best_single_mean_task"] = max(singles)
+                    metrics["dev_merge_gain"] = result["dev"]["mean_task"] - max(singles)
+                    tracking.write_json_artifact(result["merge"], "merge/provenance.json")
+                tracking.log_metrics(metrics)
+                cells.append({"run_id": child.info.run_id, "name": cell["name"], "axes": cell["axes"],
+                              "dev_mean_task": result["dev"].get("mean_task")})
     closed = tracking.close_pipeline_run(run.info.run_id)
     return {"mlflow_run_id": run.info.run_id, "mlflow_run_seconds": closed["seconds"],
-            "mlflow_url": _ui_url(recipe, run.info.run_id), "experiment": recipe.experiment_name, "children": cells}
+            "mlflow_url": _ui_url(recipe, run.info.run_id), "experiment": recipe.experiment_name,
+            "tracking_uri": mlflow.get_tracking_uri(), "children": cells}
+
+
+def _add_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    have = client.get_run(run_id).data.params
+    missing = [Param(k, str(v)) for k, v in params.items() if k not in have]
+    if missing:
+        client.log_batch(run_id, params=missing)
+
+
+def _metrics(values: dict[str, float]) -> list:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]
 
 
 def _headline(scores: dict) -> dict:

@@ -273,7 +273,7 @@ def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model:
 def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
           data_dir: str | os.PathLike | None = None) -> summaries.MergeSummary:
     """Merge the stage-2 checkpoints by the recipe's method: uniform, weighted, or greedy soup (which scores each
-    candidate soup by Mean(Task) on the data step's held-out tasks plus the recipe's evaluation tasks)."""
+    candidate soup by Mean(Task) on the dev tasks: the data step's held-out dev splits plus the recipe's dev tasks)."""
     from embedpipe.merging.soup import evaluation_scorer, merge_with_config
 
     scorer = None
@@ -287,15 +287,16 @@ def merge(recipe: Recipe, model_dirs: list[str], out_dir: str | os.PathLike,
 
 @timed(summaries.EvalSummary)
 def evaluate(recipe: Recipe, model_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             model_name: str | None = None, group: tuple[int, int] | None = None) -> summaries.EvalSummary:
+             model_name: str | None = None, group: tuple[int, int] | None = None,
+             role: str = "test") -> summaries.EvalSummary:
     """MTEB evaluation of a model on the recipe's tasks plus the data step's held-out tasks (``group``: one task
-    group of a fanned-out evaluation)."""
+    group of a fanned-out evaluation; ``role="dev"``: the dev tasks, for model selection)."""
     from embedpipe.evaluation.run import evaluate as run_evaluation
 
     eval_dir = Path(data_dir) / "eval"
     return run_evaluation(Path(model_dir), recipe.evaluation, Path(out_dir),
                           extra_tasks_dir=eval_dir if (eval_dir / "tasks.json").is_file() else None,
-                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name, group=group)
+                          cache_dir=step_cache_dir() / "evaluation", model_name=model_name, group=group, role=role)
 
 
 def variant_name(variant: dict | None, index: int | None = None) -> str:

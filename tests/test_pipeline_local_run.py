@@ -82,7 +82,9 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     assert parent.data.metrics["mean_task"] == pytest.approx(scores["mean_task"])
     comparison = compare.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
                                        metrics=["stage2.final_loss"])
-    assert comparison["runs"] == ["stage1", "stage2 · mix-a", "stage2 · mix-b"]  # a child per training job
+    # a child per training job, then the merged model (the parent, which holds the scores)
+    assert comparison["runs"] == ["stage1", "stage2 · mix-a", "stage2 · mix-b", "tiny · first"]
+    assert comparison["kinds"] == ["stage1", "stage2", "stage2", "merged"]
     assert comparison["params"]["variant.learning_rate"][2] == "2e-05"
     assert (tmp_path / "cmp.png").stat().st_size > 1000
 

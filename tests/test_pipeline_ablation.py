@@ -178,4 +178,7 @@ def check_ablation_run(tmp_path: Path, recipe, result: dict, started_ms: int) ->
         return {k for k in keys if len({r.data.params.get(k) for r in group}) > 1}
 
     assert differing(cells) == {"training.loss", "ablation.loss", "ablation.merge_set"}
-    assert differing(stage2) == {"ablation.loss", "variant.name", "variant.learning_rate"}
+    # the loss axis, and the variant (its own settings, and the stage-2 settings they resolve to)
+    assert {"ablation.loss", "variant.name", "variant.learning_rate"} <= differing(stage2)
+    assert all(k in ("ablation.loss", "training.loss") or k.startswith(("variant.", "train.stage2."))
+               for k in differing(stage2)), differing(stage2)

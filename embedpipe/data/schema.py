@@ -196,10 +196,10 @@ def validate_row(row: Any, path: str, line: int) -> Record:
 
 def _local_copy(path: str | Path) -> tuple[Path, str | None]:
     """A local path for ``path``; ``s3://`` objects are downloaded to a temporary file (removed by the caller)."""
-    text = str(path)
-    if "://" in text:
-        from embedpipe import storage
+    from embedpipe import storage
 
+    text = str(path)
+    if storage.is_remote(text):
         tmpdir = tempfile.mkdtemp(prefix="embedpipe-records-")
         local = Path(tmpdir) / Path(text.split("://", 1)[1]).name
         storage.download(text, str(local))
@@ -329,8 +329,10 @@ def _write_rows(rows: Iterable[dict], path: Path, parquet: bool) -> int:
 
 def write_records(records: Iterable[Record | dict], path: str | Path) -> int:
     """Write records as JSONL (or Parquet by suffix), local or ``s3://``; atomic for local files. Returns the count."""
+    from embedpipe import storage
+
     text = str(path)
-    remote = "://" in text
+    remote = storage.is_remote(text)
     if remote:
         tmpdir = tempfile.mkdtemp(prefix="embedpipe-records-")
         local = Path(tmpdir) / Path(text.split("://", 1)[1]).name
@@ -351,8 +353,6 @@ def write_records(records: Iterable[Record | dict], path: str | Path) -> int:
     os.replace(partial, local)
     if remote:
         import shutil
-
-        from embedpipe import storage
 
         try:
             storage.upload(str(local), text)

@@ -230,9 +230,9 @@ class _Miner:
 
 
 def _local_corpus(corpus_path: str | Path, cache_dir: Path) -> Path:
-    if "://" in str(corpus_path):  # s3://: random access by byte offset needs a local copy
-        from embedpipe import storage
+    from embedpipe import storage
 
+    if storage.is_remote(corpus_path):  # s3://: random access by byte offset needs a local copy
         return storage.local_copy(corpus_path, cache_dir / "downloads")
     return Path(corpus_path)
 

@@ -92,6 +92,18 @@ class _Miner:
             out.append(found)
         return out
 
+
+    def _score_texts(self, queries, owner, idx, texts):
+        """Each text's combined teacher score against its owner's query: the cached corpus embedding where the text
+        is a corpus document (``idx >= 0``), else embedded from its text."""
+        missing = np.nonzero(idx < 0)[0]
+        per_teacher = []
+        for teacher, cache, q in zip(self.teachers, self.caches, queries):
+            emb = cache.rows(np.maximum(idx, 0))
+            if missing.size:
+                emb[missing] = teacher.encode_documents([texts[i] for i in missing])
+            per_teacher.append(np.einsum("ij,ij->i", q[owner], emb))
+        return self.combine(per_teacher)
     def mine_block(self, block):
         config, stats = self.config, self.stats
         positives = self._positives(block)
@@ -113,14 +125,7 @@ class _Miner:
         flat_idx = np.concatenate(kept_pos)
         owner = np.repeat(np.arange(len(kept_records)), [len(p) for p in kept_pos])
         flat_text = [t for r in kept_records for t in r.positives]
-        missing = np.nonzero(flat_idx < 0)[0]
-        pos_scores = []
-        for teacher, cache, q in zip(self.teachers, self.caches, queries):
-            emb = cache.rows(np.maximum(flat_idx, 0))
-            if missing.size:
-                emb[missing] = teacher.encode_documents([flat_text[i] for i in missing])
-            pos_scores.append(np.einsum("ij,ij->i", q[owner], emb))
-        pos_combined = self.combine(pos_scores)
+        pos_combined = self._score_texts(queries, owner, flat_idx, flat_text)
 
         max_pos = max(len(p) for p in kept_pos)
         k = min(config.candidates + max_pos, len(self.corpus))
@@ -182,14 +187,7 @@ class _Miner:
             return [_Own([], [], [], np.zeros(0, dtype=np.uint64)) for _ in records]
         owner = np.repeat(np.arange(len(records)), [len(t) for t in kept])
         idx = self.corpus.find_texts(flat)
-        missing = np.nonzero(idx < 0)[0]
-        per_teacher = []
-        for teacher, cache, q in zip(self.teachers, self.caches, queries):
-            emb = cache.rows(np.maximum(idx, 0))
-            if missing.size:
-                emb[missing] = teacher.encode_documents([flat[i] for i in missing])
-            per_teacher.append(np.einsum("ij,ij->i", q[owner], emb))
-        scores = self.combine(per_teacher)
+        scores = self._score_texts(queries, owner, idx, flat)
         found = self.corpus.read(np.unique(idx[idx >= 0]))
         id_of = dict(zip(np.unique(idx[idx >= 0]).tolist(), (doc_id for doc_id, _ in found)))
         out, pos = [], 0

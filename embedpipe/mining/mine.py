@@ -92,7 +92,6 @@ class _Miner:
             out.append(found)
         return out
 
-
     def _score_texts(self, queries, owner, idx, texts):
         """Each text's combined teacher score against its owner's query: the cached corpus embedding where the text
         is a corpus document (``idx >= 0``), else embedded from its text."""
@@ -104,6 +103,7 @@ class _Miner:
                 emb[missing] = teacher.encode_documents([texts[i] for i in missing])
             per_teacher.append(np.einsum("ij,ij->i", q[owner], emb))
         return self.combine(per_teacher)
+
     def mine_block(self, block):
         config, stats = self.config, self.stats
         positives = self._positives(block)

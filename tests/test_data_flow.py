@@ -37,8 +37,11 @@ def _beir(folder):
                                                "".join(f"q{i}\td{i}\t1\n" for i in range(4)))
 
 
-def test_every_sdg_task_reaches_a_stage2_batch(tmp_path, llm_server, tiny_encoder):  # noqa: F811
+def test_every_sdg_task_reaches_a_stage2_batch(tmp_path, monkeypatch, llm_server, tiny_encoder):  # noqa: F811
     from transformers import AutoTokenizer
+
+    from embedpipe.data import schema
+    from embedpipe.training import run as training_run
 
     from embedpipe.training.data import build_examples, device_micro_batches, step_indices
     from embedpipe.training.run import load_stage_records, resolve_stage
@@ -69,7 +72,19 @@ def test_every_sdg_task_reaches_a_stage2_batch(tmp_path, llm_server, tiny_encode
     assert set(made) == {f"sdg:{t}" for t in SDG_TASKS}, sdg_summary
     assert sdg_summary["by_kind"] == dict(made) and sdg_summary["other_label_negatives"] > 0
 
+    # a record is validated once, where it is made (data build, SDG): mining and the training step read it back
+    # checking each row's shape only, never field by field again
+    validated: list[str] = []
+    field_by_field = schema.validate_row
+    monkeypatch.setattr(schema, "validate_row", lambda row, path, line: validated.append(path) or
+                        field_by_field(row, path, line))
     summary = steps.mine(recipe, data, sdg, mined)
+    loaded: dict = {}
+    monkeypatch.setattr(training_run, "train_records", lambda training, stage, cfg, records, *a, **k:
+                        loaded.setdefault("records", records) and {"stage": stage, "steps": 0})
+    steps.train(recipe, "stage2", mined, str(tiny_encoder), tmp_path / "unused", variant={"name": "v"})
+    assert loaded["records"] and validated == [], validated
+    monkeypatch.setattr(schema, "validate_row", field_by_field)
     assert not (mined / "combined.jsonl").exists()  # streamed, not written and read back
     by_kind = summary["by_kind"]
     for task in SDG_TASKS:  # no SDG record is lost at mining: the LLM's positives are in the mining corpus

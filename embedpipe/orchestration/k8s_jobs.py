@@ -316,7 +316,8 @@ def stage_launch(pipeline, stage: str, job_name: str, init_uri: str, variant: di
 
     root = storage.join(pipeline.artifact_root, "jobs", job_name)
     args = ["--stage", stage, "--records", storage.join(root, "records.jsonl"), "--init-model", init_uri,
-            "--out", storage.join(root, "model"), "--checkpoint-dir", storage.join(root, "checkpoints")]
+            "--out", storage.join(root, "model"), "--checkpoint-dir", storage.join(root, "checkpoints"),
+            "--trusted-records"]  # the mining step's output, staged by the launcher: validated once, when made
     if variant:
         args += ["--variant", json.dumps(variant, sort_keys=True)]
     return root, args

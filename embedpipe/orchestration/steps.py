@@ -242,8 +242,8 @@ def train(recipe: Recipe, stage: str, records_dir: str | os.PathLike, init_model
     with tracking.training_run(recipe, kfp_run_id, stage, variant, cell):
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             return train_local_processes(recipe, stage, records, init_model, out_dir, variant, checkpoint_dir, nproc)
-        return train_stage(recipe, stage, records, init_model, Path(out_dir),
-                           variant=variant, checkpoint_dir=checkpoint_dir, resume=True)
+        return train_stage(recipe, stage, records, init_model, Path(out_dir),  # mining's output: validated once
+                           variant=variant, checkpoint_dir=checkpoint_dir, resume=True, trusted_records=True)
 
 
 def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model: str, out_dir, variant, checkpoint_dir,
@@ -260,7 +260,7 @@ def train_local_processes(recipe: Recipe, stage: str, records: Path, init_model:
     work = Path(tempfile.mkdtemp(prefix="embedpipe-train-"))
     (work / "recipe.json").write_text(recipe.model_dump_json())
     argv = ["--recipe", str(work / "recipe.json"), "--stage", stage, "--records", str(records), "--init-model",
-            str(init_model), "--out", str(out_dir), "--summary", str(work / "summary.json")]
+            str(init_model), "--out", str(out_dir), "--summary", str(work / "summary.json"), "--trusted-records"]
     if checkpoint_dir:
         argv += ["--checkpoint-dir", str(checkpoint_dir)]
     if variant:

@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", default=None, help='stage-2 variant as JSON, e.g. \'{"name": "mix-b", "learning_rate": 3e-6}\'')
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override section.key=value")
     parser.add_argument("--summary", default=None, help="write the summary JSON here (rank 0)")
+    parser.add_argument("--trusted-records", action="store_true", help="the records are the mining step's output "
+                        "(validated when the data build or SDG made them): check each row's shape only")
     return parser.parse_args(argv)
 
 
@@ -76,7 +78,8 @@ def load_launch_recipe(args: argparse.Namespace):
 
 
 def run(recipe, stage: str, records: str, init_model: str, out: str, variant: dict | None = None,
-        checkpoint_dir: str | None = None, resume: bool = True, summary_path: str | None = None) -> dict:
+        checkpoint_dir: str | None = None, resume: bool = True, summary_path: str | None = None,
+        trusted_records: bool = False) -> dict:
     """One stage in this process (one rank of a torchrun/mpirun group, or alone) on an already loaded recipe."""
     from embedpipe import tracking
     from embedpipe.training.run import train_stage
@@ -84,7 +87,7 @@ def run(recipe, stage: str, records: str, init_model: str, out: str, variant: di
     rank = int(os.environ.get("RANK", "0"))
     with tracking.resumed_run(rank):  # rank 0 logs into the child run its launcher opened (MLFLOW_RUN_ID)
         summary = train_stage(recipe, stage, records, init_model, out, variant=variant,
-                              checkpoint_dir=checkpoint_dir, resume=resume)
+                              checkpoint_dir=checkpoint_dir, resume=resume, trusted_records=trusted_records)
     if rank == 0 and summary_path:
         with open(summary_path, "w") as handle:
             json.dump(summary, handle, indent=2, default=str)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"[rank {rank}] %(asctime)s %(name)s: %(message)s")
     run(load_launch_recipe(args), args.stage, args.records, args.init_model, args.out,
         variant=json.loads(args.variant) if args.variant else None, checkpoint_dir=args.checkpoint_dir,
-        resume=not args.no_resume, summary_path=args.summary)
+        resume=not args.no_resume, summary_path=args.summary, trusted_records=args.trusted_records)
     return 0
 
 

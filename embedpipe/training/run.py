@@ -105,13 +105,16 @@ def load_init_encoder(init_model: str | Path, cache_dir: Path | None = None) -> 
     return Encoder(model, tokenizer), {"base_model": str(init_model)}
 
 
-def load_stage_records(data, training: TrainingConfig, stage: str, records_path, stage_cfg: StageConfig):
+def load_stage_records(data, training: TrainingConfig, stage: str, records_path, stage_cfg: StageConfig,
+                       trusted: bool = False):
     """The stage's records: the file (local or s3://, through storage), mixed and filtered by the data area with
-    its own section (``data``: a DataConfig)."""
+    its own section (``data``: a DataConfig). ``trusted``: the file is the mining step's output, whose records were
+    validated once when the data build or SDG made them, so only each row's shape is checked; a user's file (the
+    default) is validated field by field."""
     from embedpipe.data.mix import select_stage_records
     from embedpipe.data.schema import read_records
 
-    records = read_records(storage.local_copy(str(records_path)))
+    records = read_records(storage.local_copy(str(records_path)), trusted=trusted)
     # the stage's data weights, then a stage-2 variant's on top (key by key)
     weights = {**(getattr(training, stage).data_weights or {}), **(stage_cfg.data_weights or {})}
     return select_stage_records(records, data, stage, weights_override=weights or None,
@@ -192,7 +195,7 @@ def _precision(training, device) -> bool:
 
 # ---------------------------------------------------------------------------------------------- entry point
 def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: dict | None = None,
-                checkpoint_dir=None, resume: bool = True) -> dict:
+                checkpoint_dir=None, resume: bool = True, trusted_records: bool = False) -> dict:
     """Train one stage of ``recipe`` and write ``out_dir`` as an encoder export; returns a JSON-able summary.
 
     The recipe-level entry (``steps.train``, ``embedpipe.training.launch``): it resolves the stage (and variant),
@@ -200,9 +203,11 @@ def train_stage(recipe, stage: str, records_path, init_model, out_dir, variant: 
     ``init_model``: an encoder export (stage 2 starts from stage 1's) or a base checkpoint source.
     ``checkpoint_dir``: local folder or ``s3://`` prefix for periodic checkpoints (``stage.checkpoint_every``);
     with ``resume`` the latest one there is loaded and training continues at its step with the same data order.
+    ``trusted_records``: ``records_path`` is the mining step's output (:func:`load_stage_records`).
     """
     stage_cfg = resolve_stage(recipe.training, stage, variant)
-    records = load_stage_records(recipe.data, recipe.training, stage, records_path, stage_cfg)
+    records = load_stage_records(recipe.data, recipe.training, stage, records_path, stage_cfg,
+                                 trusted=trusted_records)
     return train_records(recipe.training, stage, stage_cfg, records, init_model, out_dir,
                          checkpoint_dir=checkpoint_dir, resume=resume, params=recipe.flat_params(),
                          source=str(records_path))

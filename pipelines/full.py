@@ -113,8 +113,8 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
         # the same tasks on the untrained base and the stage-1 model: what each stage added
         base = with_models(on_cpu(base_encoder(recipe_json=recipe_json), settings, "4", "32Gi"), settings) \
             .after(fetched).set_display_name("base encoder")
-        evaluation_steps(settings, recipe_json, base.outputs["model"], data.outputs["data"], "base")
-        evaluation_steps(settings, recipe_json, stage1.outputs["model"], data.outputs["data"], "stage1")
+        base_scores = evaluation_steps(settings, recipe_json, base.outputs["model"], data.outputs["data"], "base")
+        stage1_scores = evaluation_steps(settings, recipe_json, stage1.outputs["model"], data.outputs["data"], "stage1")
         merged_dev = None
         if settings.dev_tasks:  # the merged model on the dev tasks too (beside the variants': merged vs best single)
             merged_dev = on_gpus(evaluate(recipe_json=recipe_json, model=merged.outputs["merged"],
@@ -125,11 +125,11 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                              records=mined.outputs["records"], stage1_summary=stage1.outputs["Output"],
                              stage2_summaries=dsl.Collected(stage2.outputs["Output"]), merged=merged.outputs["merged"],
                              merge_summary=merged.outputs["Output"], results=scores.outputs["results"],
-                             parent_run_id=tracking.output)
+                             parent_run_id=tracking.output, base_scores=base_scores.outputs["Output"],
+                             stage1_scores=stage1_scores.outputs["Output"],
+                             dev_scores=merged_dev.outputs["Output"] if merged_dev is not None else "")
         with_mlflow(on_cpu(tracked, settings, "2", "16Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow + KServe manifest")
-        if merged_dev is not None:
-            tracked.after(merged_dev)
         return tracked.outputs["Output"]
 
     return full

@@ -80,6 +80,9 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     parent = mlflow.get_run(first["mlflow_run_id"])
     assert parent.data.params["training.stage2.steps"] == "2"
     assert parent.data.metrics["mean_task"] == pytest.approx(scores["mean_task"])
+    for which in ("base", "stage1"):  # the other models' scores on the same tasks, beside the merged model's
+        assert parent.data.metrics[f"{which}.test_mean_task"] == pytest.approx(scored[which]["mean_task"])
+    assert "dev_mean_task" in parent.data.metrics  # the merged model on the dev tasks
     comparison = compare.compare_runs("embedpipe-tiny", out_png=tmp_path / "cmp.png", parent_run_id=parent.info.run_id,
                                        metrics=["stage2.final_loss"])
     # a child per training job, then the merged model (the parent, which holds the scores)
@@ -97,6 +100,9 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     second_run = max(runs, key=lambda p: p.stat().st_mtime)
     assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full", "logs"}  # only tracking ran again
     assert {s["state"] for s in second["steps"] if not s["task"].startswith("track-")} == {"cached"}
+    second_parent = mlflow.get_run(second["mlflow_run_id"]).data.metrics  # the cached scores reach the new parent
+    for key in ("mean_task", "dev_mean_task", "base.test_mean_task", "stage1.test_mean_task"):
+        assert second_parent[key] == pytest.approx(parent.data.metrics[key]), key
 
     # what `embedpipe run` prints off a terminal: one line per state change, the table, where things are
     from typer.testing import CliRunner

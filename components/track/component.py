@@ -21,16 +21,21 @@ def track_open(recipe_json: str, pipeline: str, kfp_run_id: str, run_name: str =
 @dsl.component(base_image=image("base"), install_kfp_package=False)
 def track_full(recipe_json: str, run_name: str, data: dsl.Input[dsl.Dataset], records: dsl.Input[dsl.Dataset],
                stage1_summary: str, stage2_summaries: list, merged: dsl.Input[dsl.Model], merge_summary: str,
-               results: dsl.Input[dsl.Artifact], manifest: dsl.Output[dsl.Artifact], parent_run_id: str = "") -> str:
+               results: dsl.Input[dsl.Artifact], manifest: dsl.Output[dsl.Artifact], parent_run_id: str = "",
+               base_scores: str = "", stage1_scores: str = "", dev_scores: str = "") -> str:
+    """``*_scores``: the evaluation summaries of the untrained base and the stage-1 model (test tasks) and of the
+    merged model on the dev tasks, logged to the parent beside the merged model's."""
     import json
 
     from embedpipe.orchestration import publish, steps
 
     recipe = steps.recipe_from_json(recipe_json)
+    evaluations = {k: json.loads(v) for k, v in (("base", base_scores), ("stage1", stage1_scores),
+                                                  ("dev", dev_scores)) if v}
     return json.dumps(publish.record_full_run(
         recipe, run_name, data.path, records.path, json.loads(stage1_summary),
         [json.loads(s) for s in stage2_summaries], merged.path, json.loads(merge_summary), results.path,
-        manifest.path, parent_run_id=parent_run_id,
+        manifest.path, parent_run_id=parent_run_id, evaluations=evaluations,
     ), default=str)
 
 

@@ -90,9 +90,14 @@ def record_training(recipe: Recipe, parent_run_id: str, summary: dict, stage: st
 
 def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: str, stage1_summary: dict,
                     stage2_summaries: list[dict], merged_dir: str, merge_summary: dict, results_dir: str,
-                    manifest_path: str, parent_run_id: str = "") -> dict:
+                    manifest_path: str, parent_run_id: str = "", evaluations: dict[str, dict] | None = None) -> dict:
     """The parent run (opened by the pipeline's first step; without one, opened here) gets the data manifest, scores
-    and model; every training job its child run; then the parent ends with the pipeline's duration."""
+    and model; every training job its child run; then the parent ends with the pipeline's duration.
+
+    ``evaluations``: the other models' evaluation summaries (``base``, ``stage1``: the same test tasks; ``dev``: the
+    merged model on the dev tasks), logged to the parent here, where the step is never cached: ``base.test_*`` and
+    ``stage1.test_*`` beside the merged model's ``test_*``, and the merged ``dev_*`` scores unless the dev step
+    logged them already (a cached re-run's new parent gets them from here)."""
     import mlflow
 
     _setup(recipe)
@@ -110,6 +115,7 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
         tracking.write_json_artifact(merge_summary, "merge/provenance.json")
         scores = json.loads((Path(results_dir) / "scores.json").read_text())
         tracking.log_scores(scores)
+        log_other_evaluations(run_id, evaluations or {})
         mlflow.log_artifacts(results_dir, "evaluation/results")
         model_uri = storage.join(_absolute_root(recipe), recipe.name, run_id, "model")
         storage.publish(merged_dir, model_uri)
@@ -122,6 +128,25 @@ def record_full_run(recipe: Recipe, run_name: str, data_dir: str, records_dir: s
     return {"mlflow_run_id": run_id, "mlflow_run_seconds": closed["seconds"], "mlflow_url": _ui_url(recipe, run_id), "experiment": recipe.experiment_name, "tracking_uri": mlflow.get_tracking_uri(),
             "model_uri": model_uri, "scores_uri": scores_uri, "scores": _headline(scores), **registration,
             "manifest": manifest_path, "inference_service": manifest.get("metadata", {}).get("name")}
+
+
+def log_other_evaluations(run_id: str, evaluations: dict[str, dict]) -> dict[str, float]:
+    """The base / stage-1 (test tasks) and merged dev scores into the parent run (:func:`record_full_run`)."""
+    import mlflow
+
+    from embedpipe.evaluation.run import role_metrics
+
+    logged = mlflow.get_run(run_id).data.metrics
+    metrics: dict[str, float] = {}
+    for which, summary in evaluations.items():
+        if not summary:
+            continue
+        if which == "dev":
+            metrics.update({k: v for k, v in role_metrics(summary).items() if k not in logged})
+        else:
+            metrics.update({f"{which}.{k}": v for k, v in role_metrics(summary).items()})
+    tracking.log_metrics_to(run_id, metrics)
+    return metrics
 
 
 def record_ablation(recipe: Recipe, run_name: str, plan: dict, reports: list[dict], parent_run_id: str = "") -> dict:

@@ -131,6 +131,11 @@ class Recipe(Section):
             if second and not mix.shares.get(second):
                 raise ValueError(f"pipeline.ablation.generator_mixes ({mix.name}): leaves out "
                                  f"sdg.second_step_generator {second!r}; give it a share > 0")
+        if grid.losses:  # the loss axis sets every stage's loss; a variant's own would keep the axis from it
+            own = [f"training.stage2_variants ({v.name}).loss" for v in self.training.stage2_variants if v.loss]
+            if own:
+                raise ValueError(f"pipeline.ablation.losses sets the loss of every stage, but {', '.join(own)} "
+                                 "sets its own; remove the variant's loss to ablate it")
         weights = self.merge.weights
         if self.merge.method == "weighted" and weights is not None:
             for merged in grid.merge_sets or [variants]:

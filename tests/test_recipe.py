@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from embedpipe.recipe import RecipeError, load_recipe, recipes_dir
@@ -124,3 +126,22 @@ def test_a_section_from_overrides_alone_parses_like_a_recipe():
         section_from_overrides("mining", MiningConfig, ["mining.top_k=0"])
     with pytest.raises(RecipeError, match=r"overrides look like mining.key=value, got 'training.loss'"):
         section_from_overrides("mining", MiningConfig, ["training.loss=gecko"])
+
+
+def test_a_stage_may_train_with_its_own_loss():
+    recipe = load_recipe(LOCAL)  # the embedded default: in-batch negatives in stage 1, the paper's loss after
+    training = recipe.training
+    assert training.stage_loss(training.stage1) == "in_batch"
+    assert training.stage_loss(training.variants()[0].resolve(training.stage2)) == training.loss == "hard_negative_infonce"
+    with pytest.raises(RecipeError, match=r"stage2_variants\[0\] \(mix-a\).loss: Input should be"):
+        load_recipe(LOCAL, {"training.stage2_variants": [{"name": "mix-a", "loss": "infonse"}]})
+    # a loss axis is the loss of every stage: stage 1's own gives way in each cell; a variant's own is refused
+    from embedpipe.orchestration import steps
+    from embedpipe.orchestration.ablation import grid_cells
+
+    grid = load_recipe(LOCAL, {"pipeline.ablation.losses": ["gecko"]})
+    cell = steps.recipe_from_json(grid.model_dump_json(), json.dumps(grid_cells(grid)[0]["overrides"]))
+    assert {cell.training.stage_loss(cell.training.stage1), cell.training.stage_loss(cell.training.stage2)} == {"gecko"}
+    with pytest.raises(RecipeError, match=r"ablation.losses sets the loss of every stage, but .*\(mix-b\).loss"):
+        load_recipe(LOCAL, {"pipeline.ablation.losses": ["gecko"], "training.stage2_variants": [
+            {"name": "mix-a"}, {"name": "mix-b", "loss": "in_batch"}]})

@@ -107,6 +107,7 @@ def test_two_stage_hand_over(tiny_encoder, records, stage1_run, tmp_path):
     s2 = train_stage(recipe, "stage2", records, stage1, tmp_path / "stage2",
                      variant={"name": "mix-b", "learning_rate": 5e-4})
     assert (s1["hard_negatives"], s2["hard_negatives"]) == (1, 4)
+    assert (s1["loss"], s2["loss"]) == ("in_batch", "hard_negative_infonce")  # local.yaml: stage 1's own loss
     assert s2["init_model"] == str(stage1) and s2["stage_name"] == "stage2-mix-b"
     assert len(s1["history"]) == 4 and len(s2["history"]) == 2
     assert s2["history"][0]["lr"] == 0.0  # one warm-up step

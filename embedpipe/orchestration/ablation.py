@@ -63,6 +63,8 @@ def grid_cells(recipe: Recipe) -> list[dict]:
     cells = []
     for loss, (mix_name, generators), merge_set, seed in itertools.product(losses, mixes, merge_sets, seeds):
         overrides: dict = {"training.loss": loss}
+        if grid.losses:  # the axis is the loss of every stage: a stage's own loss (local.yaml's stage 1) gives way
+            overrides.update({"training.stage1.loss": None, "training.stage2.loss": None})
         if generators is not None:
             overrides["sdg.generators"] = generators
         axes = {"loss": loss, "sdg_mix": mix_name, "merge_set": "+".join(merge_set)}

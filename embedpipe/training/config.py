@@ -16,6 +16,9 @@ class StageConfig(Section):
 
     name: str = "stage"  # run and artifact name; defaults to the stage ("stage1", "stage2")
     task_types: list[str] | None = None  # None = every task type in the data
+    # this stage's loss; None: ``training.loss`` (e.g. in-batch negatives for a short retrieval pre-training, as
+    # NV-Embed's stage 1, and the paper's hard-negative-only loss in fine-tuning)
+    loss: LossName | None = None
     learning_rate: float = Field(1e-5, gt=0)
     batch_size: int = Field(2048, gt=0)  # global batch (queries per optimiser step)
     micro_batch_size: int | None = Field(None, gt=0)  # per device per forward; the rest is gradient accumulation
@@ -46,6 +49,7 @@ class Stage2Variant(Section):
 
     name: str = Field(min_length=1)
     task_types: list[str] | None = None
+    loss: LossName | None = None
     learning_rate: float | None = Field(None, gt=0)
     batch_size: int | None = Field(None, gt=0)
     micro_batch_size: int | None = Field(None, gt=0)
@@ -116,6 +120,10 @@ class TrainingConfig(Section):
         if doubled:
             raise ValueError(f"stage-2 variant names must be unique; {doubled} appear more than once")
         return variants
+
+    def stage_loss(self, stage: StageConfig) -> str:
+        """The loss a (resolved) stage trains with: its own, else the section's."""
+        return stage.loss or self.loss
 
     def variants(self) -> list[Stage2Variant]:
         """The stage-2 runs: the recipe's variants, or one named after ``stage2`` when it lists none."""

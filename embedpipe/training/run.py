@@ -242,7 +242,7 @@ def train_records(training: TrainingConfig, stage: str, stage_cfg: StageConfig, 
                               source=source)
     if examples.truncated and rank == 0:
         log.warning("%d texts were longer than the stage's maximum length and were truncated", examples.truncated)
-    loss_fn = build_loss(training.loss, training.temperature)
+    loss_fn = build_loss(training.stage_loss(stage_cfg), training.temperature)
     bf16 = _precision(training, device)
     if stage_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -313,7 +313,7 @@ def train_records(training: TrainingConfig, stage: str, stage_cfg: StageConfig, 
     state = backend.full_state_dict()
     summary = {"stage": stage, "stage_name": stage_cfg.name, "steps": stage_cfg.steps, "start_step": start_step,
                "resumed_from": resumed_from, "records": len(examples), "dropped_short_records": dropped_short,
-               "hard_negatives": k, "loss": training.loss,
+               "hard_negatives": k, "loss": training.stage_loss(stage_cfg),
                "backend": training.backend, "world_size": world_size, "batch_size": stage_cfg.batch_size,
                "micro_batch_size": micro, "accumulation": accumulation, "bf16": bf16,
                "export_dtype": "bfloat16" if bf16 and training.export_dtype == "training" else "float32",

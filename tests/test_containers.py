@@ -132,3 +132,9 @@ def test_tiny_pipeline_in_containers_gives_the_in_process_scores(client, tmp_pat
         assert scores["scores"][task] == pytest.approx(score, abs=1e-6), task
     manifest = yaml.safe_load(Path(docker_run["manifest"]).read_text())
     assert manifest["kind"] == "InferenceService"
+    # what the live view keeps of a container run: every step done, its key figure, its own non-empty log file
+    assert {s["state"] for s in docker_run["steps"]} == {"done"}
+    for step in docker_run["steps"]:
+        assert Path(step["log"]).is_file() and Path(step["log"]).stat().st_size > 0, step
+    figures = {s["label"]: s["figure"] for s in docker_run["steps"]}
+    assert figures["stage 1"].startswith("loss ") and "records" in figures["data build"], figures

@@ -192,6 +192,27 @@ def test_wrapper_vectors_equal_encoder_encode(tiny_encoder):
     assert wrapper.encoded_texts == 27
 
 
+def test_precision_auto_encodes_under_bf16_autocast_where_the_cpu_has_native_bf16(tiny_encoder, monkeypatch):
+    from embedpipe.encoder import Encoder
+    from embedpipe.encoder import encoder as encoder_module
+    from embedpipe.evaluation.model import EmbedpipeEncoder
+
+    texts = [a for a, _, _ in STS_PAIRS[:9]]
+    fp32 = Encoder.from_pretrained(tiny_encoder, device="cpu").encode(texts)
+    for native in (True, False):
+        monkeypatch.setattr(encoder_module, "cpu_has_native_bf16", lambda: native)
+        auto = EmbedpipeEncoder(tiny_encoder, "embedpipe/tiny", "r", precision="auto", device="cpu").encoder
+        assert auto.autocast_bf16 is native  # no native bf16: fp32, as the weights are
+        vectors = auto.encode(texts)
+        if native:
+            assert not np.array_equal(vectors, fp32)  # computed in bf16 ...
+            assert float((vectors * fp32).sum(1).min()) > 0.98  # ... close to the fp32 vectors
+        else:
+            np.testing.assert_array_equal(vectors, fp32)
+    plain = EmbedpipeEncoder(tiny_encoder, "embedpipe/tiny", "r", device="cpu").encoder
+    assert plain.autocast_bf16 is False  # evaluation.precision defaults to fp32
+
+
 def test_all_local_task_types_results_layout_skip_and_embedding_cache(tiny_encoder, tasks_dir, tmp_path):
     import shutil
 
@@ -382,6 +403,23 @@ def test_dev_role_scores_the_dev_split_only(tiny_encoder, tmp_path):
     config = EvaluationConfig(batch_size=16)
     dev_tasks = collect_tasks(config, tmp_path / "tasks", role="dev")
     assert [(t.metadata.name, t.metadata.eval_splits) for t in dev_tasks] == [("PydocRetrieval", ["dev"])]
+    # dev_max_corpus: the dev task on its judged documents plus others up to the cap; the test task keeps them all
+    from embedpipe.evaluation import tasks as task_module
+
+    capped, caps = EvaluationConfig(batch_size=16, dev_max_corpus=12), {}
+    real = task_module.build_task
+
+    def build_task_seen(task, *args, max_corpus=None, **kwargs):
+        caps[(task.name, task.split)] = max_corpus
+        return real(task, *args, max_corpus=max_corpus, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(task_module, "build_task", build_task_seen)
+        collect_tasks(capped, tmp_path / "tasks", role="dev")
+        collect_tasks(capped, tmp_path / "tasks", role="test")
+    assert caps[("PydocRetrieval", "dev")] == 12 and caps[("PydocRetrieval", "test")] is None
+    dev_corpus = task_module.read_beir(folder, "dev", max_corpus=12)["corpus"]
+    assert len(dev_corpus) == 12 and len(task_module.read_beir(folder, "test")["corpus"]) == 20
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
         mlflow.set_experiment("dev-test")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from embedpipe.config_base import Section
@@ -37,7 +39,14 @@ class EvaluationConfig(Section):
     instructions: dict[str, str] = Field(default_factory=dict)
     batch_size: int = Field(32, gt=0)
     groups: int = Field(1, ge=1)  # on a cluster: pods the tasks fan out over (merged into one results folder)
-    max_corpus: int | None = Field(None, gt=0)
+    max_corpus: int | None = Field(None, gt=0)  # local tasks: the judged documents plus others up to this many
+    # the same for the dev tasks alone (model selection ranks models on the same smaller corpus; the test scores keep
+    # the whole one); None: max_corpus
+    dev_max_corpus: int | None = Field(None, gt=0)
+    # the encoder's arithmetic on CPU: "auto" = bf16 autocast over the fp32 weights where the CPU has native bf16
+    # (AVX512-BF16 / AMX; 1.7x fp32's throughput there), fp32 elsewhere; "fp32" as the weights are (the default:
+    # scores comparable with fp32 references). GPUs load bf16 weights either way.
+    precision: Literal["auto", "fp32"] = "fp32"
 
     @field_validator("dev_tasks")
     @classmethod

@@ -35,6 +35,7 @@ class EmbedpipeEncoder(_abs_encoder()):
         revision: str,
         instructions: dict[str, str] | None = None,
         device: str | None = None,
+        precision: str = "fp32",
     ):
         from mteb.models.model_meta import ModelMeta, ScoringFunction
 
@@ -44,6 +45,7 @@ class EmbedpipeEncoder(_abs_encoder()):
         meta = read_export_metadata(self.model_dir)
         self.instructions = dict(instructions or {})
         self.device = device
+        self.precision = precision  # evaluation.precision
         self._encoder = None
         self.encoded_texts = 0
         self.max_length = int(meta.get("max_length", 512))
@@ -63,7 +65,11 @@ class EmbedpipeEncoder(_abs_encoder()):
         if self._encoder is None:
             from embedpipe.encoder import Encoder
 
+            from embedpipe.encoder.encoder import cpu_has_native_bf16
+
             self._encoder = Encoder.from_pretrained(self.model_dir, device=self.device)
+            self._encoder.autocast_bf16 = (self.precision == "auto" and self._encoder.device.type == "cpu"
+                                           and cpu_has_native_bf16())
         return self._encoder
 
     # mteb's AbsEncoder.similarity falls back to ``self.model.similarity``; cosine is set on the meta instead

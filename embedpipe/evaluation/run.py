@@ -78,9 +78,10 @@ def collect_tasks(config: EvaluationConfig, extra_tasks_dir: str | Path | None, 
         raise ValueError(f"evaluation role {role!r}: one of {', '.join(ROLES)}")
     local = list(config.local_tasks) + (read_tasks_file(extra_tasks_dir) if extra_tasks_dir is not None else [])
     if role == "dev":
-        tasks = [build_task(t.model_copy(update={"split": t.dev_split, "dev_split": None}), max_corpus=config.max_corpus)
+        cap = config.dev_max_corpus or config.max_corpus
+        tasks = [build_task(t.model_copy(update={"split": t.dev_split, "dev_split": None}), max_corpus=cap)
                  for t in local if t.dev_split]
-        tasks += [build_task(t, max_corpus=config.max_corpus) for t in config.dev_local_tasks]
+        tasks += [build_task(t, max_corpus=cap) for t in config.dev_local_tasks]
         tasks += [_mteb_dev_task(name) for name in config.dev_tasks]
         if config.dev_tasks:
             _check_dev_is_not_test(config, tasks)
@@ -184,8 +185,10 @@ def evaluate(
         from embedpipe.evaluation.model import EmbedpipeEncoder
 
         table = instruction_table(config)
-        model = EmbedpipeEncoder(path, name, revision, instructions=table)
-        flavour = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:8]
+        model = EmbedpipeEncoder(path, name, revision, instructions=table, precision=config.precision)
+        # the cache key: the instruction table, and the arithmetic when it is not the weights' own
+        keyed = table if config.precision == "fp32" else {**table, "__precision__": config.precision}
+        flavour = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
     else:
         from mteb.models import SentenceTransformerEncoderWrapper
         from sentence_transformers import SentenceTransformer

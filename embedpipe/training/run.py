@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from embedpipe import storage
-from embedpipe.encoder.encoder import Encoder, NotAnEncoderExport, read_export_metadata
+from embedpipe.encoder.encoder import Encoder, NotAnEncoderExport, cpu_has_native_bf16, read_export_metadata
 from embedpipe.training.backends import make_backend
 from embedpipe.training.checkpoint import CheckpointStore
 from embedpipe.training.config import StageConfig, TrainingConfig
@@ -167,14 +167,6 @@ def _all_sum(values: list[float], device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     return t.tolist()
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX, as oneDNN detects them)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _precision(training, device) -> bool:

@@ -74,6 +74,22 @@ def test_candidate_set_of_each_variant(name):
     assert torch.isfinite(loss(q, p, n))
 
 
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_no_hard_negatives_leaves_the_in_batch_candidates(name):
+    """``hard_negatives: 0``: each loss keeps its candidates but the hard-negative blocks (none for the default)."""
+    q, p, n = batch()
+    empty = n[:, :0]
+    loss = build_loss(name, 1.0)
+    if name == "qwen3":
+        loss.margin = 10.0
+    if name != "hard_negative_infonce":
+        kept = {c for c in EXPECTED[name] if c[0][1] != "n"} | {("qp", 0, -1)}
+        assert loss.candidates(q, p, empty).allowed_labels(0) == kept
+    assert torch.isfinite(loss(q, p, empty))
+    if name == "in_batch":  # the classic in-batch softmax over the positives
+        assert loss(q, p, empty).item() == pytest.approx(F.cross_entropy(q @ p.T, torch.arange(len(q))).item(), rel=1e-5)
+
+
 def test_duplicate_positive_text_is_not_an_in_batch_negative():
     q, p, n = batch()
     p[2] = p[0]  # e.g. two classification records with the same label

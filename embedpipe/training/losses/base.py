@@ -133,6 +133,8 @@ class ContrastiveLoss(nn.Module):
         scores, allowed, columns = [], [], []
         col_j = torch.arange(g, device=device)
         for block in self.blocks:
+            if block[1] == "n" and k == 0:  # no hard negatives (hard_negatives: 0): the block has no columns
+                continue
             anchor = q if block[0] == "q" else p
             if block[1] in "qp":
                 other = qa if block[1] == "q" else pa

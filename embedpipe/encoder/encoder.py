@@ -74,8 +74,9 @@ class Encoder:
         self.max_length = max_length
         self.query_max_length = query_max_length or max_length
         self.truncated_count = 0
-        # encode under bf16 autocast over the loaded weights (an fp32 model on a CPU with native bf16: 1.7x the
-        # throughput of fp32 on this project's AVX512-BF16 machines, cosine to the fp32 vectors >= 0.989)
+        # encode under bf16 autocast over the loaded weights (an fp32 model on a CPU with native bf16: about 1.6x
+        # fp32's throughput on this project's AVX512-BF16 machines; most vectors stay within cosine 0.99 of fp32's,
+        # very short texts move most: benchmarks/bench_encode.py --bf16)
         self.autocast_bf16 = False
 
     # ---------------------------------------------------------------- loading

@@ -43,8 +43,9 @@ class EvaluationConfig(Section):
     # the same for the dev tasks alone (model selection ranks models on the same smaller corpus; the test scores keep
     # the whole one); None: max_corpus
     dev_max_corpus: int | None = Field(None, gt=0)
-    # the encoder's arithmetic on CPU: "auto" = bf16 autocast over the fp32 weights where the CPU has native bf16
-    # (AVX512-BF16 / AMX; 1.7x fp32's throughput there), fp32 elsewhere; "fp32" as the weights are (the default:
+    # the encoder's arithmetic on CPU: "auto" = retrieval corpora under bf16 autocast over the fp32 weights where the
+    # CPU has native bf16 (AVX512-BF16 / AMX; about 1.6x fp32's throughput), queries and uni-encoder texts in fp32
+    # (short texts are where bf16 moves a vector most), all fp32 elsewhere; "fp32" as the weights are (the default:
     # scores comparable with fp32 references). GPUs load bf16 weights either way.
     precision: Literal["auto", "fp32"] = "fp32"
 

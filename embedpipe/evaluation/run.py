@@ -186,8 +186,9 @@ def evaluate(
 
         table = instruction_table(config)
         model = EmbedpipeEncoder(path, name, revision, instructions=table, precision=config.precision)
-        # the cache key: the instruction table, and the arithmetic when it is not the weights' own
-        keyed = table if config.precision == "fp32" else {**table, "__precision__": config.precision}
+        # the cache key: the instruction table, and the arithmetic when it is not the weights' own ("auto": the
+        # corpus in bf16, queries in fp32)
+        keyed = table if config.precision == "fp32" else {**table, "__precision__": "auto:bf16-corpus"}
         flavour = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
     else:
         from mteb.models import SentenceTransformerEncoderWrapper

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # each test that tracks sets its own store
+# caches that outlive a run (teacher embeddings, evaluation vectors) stay inside this session's temporary folder: the
+# user's ~/.cache/embedpipe/steps (kept between CI runs, written by another install of the same models) is never read
+os.environ["EMBEDPIPE_STEP_CACHE"] = tempfile.mkdtemp(prefix="embedpipe-test-step-cache-")
+atexit.register(shutil.rmtree, os.environ["EMBEDPIPE_STEP_CACHE"], True)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedpipe.mining.cache import CacheMismatch
 from embedpipe.mining.config import MiningConfig, TeacherConfig
 from embedpipe.mining.corpus import Corpus, CorpusError
 from embedpipe.mining.mine import MiningError, mine_hard_negatives
@@ -178,23 +177,43 @@ def test_bad_corpus_inputs(data, tmp_path):
             mine_hard_negatives(records, tmp_path / name, config(), tmp_path / "o.jsonl", tmp_path, show=False)
 
 
-def test_teacher_dimension_mismatch_with_cached_chunks(data, tmp_path, minilm_path):
-    """Another model saved at the same teacher path (other dimension) must not reuse the cached chunks."""
+def test_other_weights_at_the_teacher_path_are_embedded_anew(data, tmp_path, minilm_path, caplog):
+    """The cache never mixes in vectors of other weights saved at the same teacher path: a reinstalled model (same
+    files, new modification times) or another model (here 128-dimensional) drops the cached chunks with a warning,
+    counted, and embeds the corpus again."""
+    import logging
+    import os
+
     from sentence_transformers import SentenceTransformer, models
 
     teacher = tmp_path / "teacher"
     shutil.copytree(minilm_path, teacher)
     records = _write(tmp_path / "r.jsonl", read(data / "records.jsonl")[:3])
     cfg = config(teachers=[TeacherConfig(model=str(teacher), max_length=MAXLEN)], chunk_size=64)
-    mine_hard_negatives(records, data / "corpus.jsonl", cfg, tmp_path / "o.jsonl", tmp_path / "cache", show=False)
+
+    def mine():
+        return mine_hard_negatives(records, data / "corpus.jsonl", cfg, tmp_path / "o.jsonl", tmp_path / "cache",
+                                   show=False)["teachers"][0]
+
+    first = mine()
+    assert "discarded_stale" not in first and first["embedded"] == first["chunks"] > 1
+    assert mine()["reused"] == first["chunks"]  # same weights: every chunk reused
+    weights = next(teacher.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # reinstalled
+    with caplog.at_level(logging.WARNING, logger="embedpipe.mining.cache"):
+        again = mine()
+    assert (again["embedded"], again["reused"], again["discarded_stale"]) == (first["chunks"], 0, first["chunks"])
+    assert "written by other weights" in caplog.text and str(teacher) in caplog.text
 
     base = SentenceTransformer(str(minilm_path), device="cpu")
     projected = SentenceTransformer(modules=[base[0], base[1], models.Dense(384, 128), models.Normalize()],
                                     device="cpu")
     shutil.rmtree(teacher)
     projected.save(str(teacher))
-    with pytest.raises(CacheMismatch, match="384-dimensional embeddings but teacher .* has dimension 128"):
-        mine_hard_negatives(records, data / "corpus.jsonl", cfg, tmp_path / "o.jsonl", tmp_path / "cache", show=False)
+    other = mine()
+    assert (other["embedded"], other["discarded_stale"]) == (first["chunks"], first["chunks"])
+    cached = sorted((tmp_path / "cache").glob("*/chunk-*.npy"))
+    assert cached and all(np.load(p).shape[1] == 128 for p in cached)
 
 
 def test_two_teachers_scores_are_combined(data, tmp_path, tiny_encoder):

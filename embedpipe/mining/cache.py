@@ -3,8 +3,9 @@
 Layout: ``<cache_dir>/<teacher key>/manifest.json`` (teacher identity, weight fingerprint, dimension) and
 ``chunk-000000.npy`` + ``chunk-000000.json`` (document range and content hash). A chunk counts as done only when its
 ``.json`` exists, written after the ``.npy`` is renamed into place, so an interrupted run re-embeds only the chunk it
-was on. A cache written by another model at the same path (other dimension or other weights) is an error, never
-silently mixed in.
+was on. A cache written by other weights at the same path (another dimension, or weight files of other names, sizes or
+modification times: a new model saved there, a reinstalled package) is discarded with a warning and embedded anew,
+never mixed in; a chunk whose own shape disagrees with its teacher is an error.
 
 Fan-out: ``ensure(..., shard=(i, n))`` embeds only every n-th chunk (one GPU task each); with ``remote`` (an s3://
 prefix, e.g. under the artifact root) every finished chunk is uploaded (``.npy`` first, its ``.json`` last) and a
@@ -46,19 +47,20 @@ class EmbeddingCache:
         self.bounds: list[tuple[int, int]] = []
         manifest = self.dir / "manifest.json"
         current = {"identity": teacher.identity, "fingerprint": teacher.fingerprint, "dimension": teacher.dimension}
-        if manifest.is_file():
-            saved = json.loads(manifest.read_text())
-            if saved.get("dimension") != teacher.dimension:
-                raise CacheMismatch(
-                    f"embedding cache {self.dir} holds {saved.get('dimension')}-dimensional embeddings but teacher "
-                    f"{teacher.config.model!r} has dimension {teacher.dimension}; delete the folder or use another "
-                    "cache_dir")
-            if saved.get("fingerprint") != current["fingerprint"]:
-                raise CacheMismatch(
-                    f"embedding cache {self.dir} was written by other weights at {teacher.path} (fingerprint "
-                    f"{saved.get('fingerprint')} != {current['fingerprint']}); delete the folder or use another "
-                    "cache_dir")
-        else:
+        saved = json.loads(manifest.read_text()) if manifest.is_file() else None
+        stale = saved is not None and (saved.get("dimension"), saved.get("fingerprint")) != (
+            teacher.dimension, current["fingerprint"])
+        self.discarded = 0
+        if stale:
+            chunks = sorted(self.dir.glob("chunk-*.npy"))
+            log.warning("embedding cache %s was written by other weights at %s (dimension %s, fingerprint %s; now %s, "
+                        "%s): its %d chunks are discarded and the corpus embedded anew", self.dir, teacher.path,
+                        saved.get("dimension"), saved.get("fingerprint"), teacher.dimension, current["fingerprint"],
+                        len(chunks))
+            for path in self.dir.glob("chunk-*"):
+                path.unlink()
+            self.discarded = len(chunks)
+        if saved is None or stale:
             manifest.write_text(json.dumps(current, indent=2))
 
     def _paths(self, i: int) -> tuple[Path, Path]:
@@ -137,6 +139,7 @@ class EmbeddingCache:
                 progress(stop - start)
         log.info("%s: %d chunks embedded, %d reused from %s", self.teacher.config.model, embedded, reused, self.dir)
         return {"chunks": len(self.bounds), "embedded": embedded, "reused": reused, "embed_seconds": round(seconds, 3),
+                **({"discarded_stale": self.discarded} if self.discarded else {}),
                 **({"shard": list(shard)} if shard is not None else {})}
 
     def chunk(self, i: int) -> np.ndarray:

@@ -80,6 +80,7 @@ STAGE_TAG = "embedpipe.stage"
 CELL_TAG = "embedpipe.cell"
 VARIANT_TAG = "embedpipe.variant"
 CACHED_TAG = "embedpipe.cached"  # a child recorded from a cached step's summary (it did not train in this run)
+FAILURE_TAG = "embedpipe.failure"  # why a run ended FAILED
 RUN_ID_ENV = "MLFLOW_RUN_ID"  # MLflow's own: ``mlflow.start_run()`` resumes this run (training's worker processes)
 
 
@@ -202,7 +203,7 @@ def close_pipeline_run(parent_run_id: str, failed: bool = False) -> dict:
     client = _client()
     killed = [c.info.run_id for c in children(parent_run_id) if c.info.status == "RUNNING"]
     for run_id in killed:
-        client.set_tag(run_id, "embedpipe.failure", "the step ended without closing its run (killed?)")
+        client.set_tag(run_id, FAILURE_TAG, "the step ended without closing its run (killed?)")
         client.set_terminated(run_id, "FAILED")
     client.set_terminated(parent_run_id, "FAILED" if failed else "FINISHED")
     run = client.get_run(parent_run_id)
@@ -210,20 +211,32 @@ def close_pipeline_run(parent_run_id: str, failed: bool = False) -> dict:
             "ended_failed_children": killed}
 
 
-def fail_open_pipeline_runs(experiment_name: str, since_ms: int, reason: str) -> list[str]:
-    """End FAILED the parents still RUNNING that started at or after ``since_ms``: a pipeline that failed before its
-    tracking step (the local runner calls this when kfp.local raises)."""
+def fail_pipeline_runs_since(experiment_name: str, since_ms: int, reason: str) -> list[str]:
+    """The parents that started at or after ``since_ms`` and did not finish: one still RUNNING ends FAILED, and
+    each gets ``reason`` as its failure (the local runner calls this when kfp.local raises: it names the failed step,
+    where the exit handler's own tag could only say that the steps failed)."""
     client = _client()
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and attributes.status = 'RUNNING' "
-                                            f"and attributes.start_time >= {int(since_ms)}")
+                              filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and attributes.start_time >= {int(since_ms)}")
+    runs = [r for r in runs if r.info.status in ("RUNNING", "FAILED")]
     for run in runs:
-        client.set_tag(run.info.run_id, "embedpipe.failure", reason[:5000])
-        close_pipeline_run(run.info.run_id, failed=True)
+        tag_failure(run.info.run_id, reason)
+        if run.info.status == "RUNNING":
+            close_pipeline_run(run.info.run_id, failed=True)
     return [r.info.run_id for r in runs]
+
+
+def tag_failure(run_id: str, reason: str) -> None:
+    """Why the run ended FAILED (``embedpipe.failure``: the error, cut to MLflow's tag length)."""
+    _client().set_tag(run_id, FAILURE_TAG, reason[:5000])
+
+
+def run_status(run_id: str) -> str:
+    """RUNNING, FINISHED, FAILED or KILLED."""
+    return _client().get_run(run_id).info.status
 
 
 def job_key(stage: str, variant: dict | None = None, cell: str | None = None) -> str:

@@ -17,9 +17,7 @@ from embedpipe.components.sdg.component import synthesize
 from embedpipe.components.track.component import track_ablation, track_open
 from embedpipe.components.train.component import train_stage1, train_stage2
 from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
-
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's id: its training checkpoints live under it
-
+from embedpipe.pipelines.full import RUN_ID, closing_step
 
 def _unit(unit: dict) -> str:
     """What the step components take as ``overrides_json``: the unit's name (its checkpoint folder) and overrides."""
@@ -44,8 +42,7 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
         plan = plan_grid(Recipe.model_validate({"name": "default", "model": {"base": "base-model"}}))
     lanes, stage2_parallelism = training_lanes(plan)
 
-    @dsl.pipeline(name="embedpipe-ablation", description=__doc__.splitlines()[0])
-    def ablation(recipe_json: str, run_name: str = "ablation") -> str:
+    def pipeline_steps(recipe_json, run_name):
         tracking = with_mlflow(on_cpu(track_open(recipe_json=recipe_json, pipeline="ablation", kfp_run_id=RUN_ID,
                                                  run_name=run_name, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
                                       settings, "1", "1Gi"), settings)
@@ -114,7 +111,12 @@ def build_ablation_pipeline(settings: ClusterSettings = ClusterSettings()):
                                  reports_json=report.output, parent_run_id=tracking.output)
         with_mlflow(on_cpu(tracked, settings, "1", "4Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow parent + child runs")
-        return tracked.outputs["Output"]
+        return tracked
+
+    @dsl.pipeline(name="embedpipe-ablation", description=__doc__.splitlines()[0])
+    def ablation(recipe_json: str, run_name: str = "ablation"):
+        with dsl.ExitHandler(closing_step(settings, recipe_json), name="pipeline-steps"):
+            pipeline_steps(recipe_json, run_name)
 
     return ablation
 

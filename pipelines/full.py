@@ -15,7 +15,7 @@ from embedpipe.components.merge.component import merge
 from embedpipe.components.mining.component import embed_corpus, mine
 from embedpipe.components.plan.component import plan_variants
 from embedpipe.components.sdg.component import synthesize, synthesize_generator
-from embedpipe.components.track.component import track_full, track_open
+from embedpipe.components.track.component import track_close, track_full, track_open
 from embedpipe.components.train.component import train_stage1, train_stage2
 from embedpipe.components.train_job.component import train_stage1_job, train_stage2_job
 from embedpipe.orchestration.cluster import ClusterSettings, on_cpu, on_gpus, with_mlflow, with_models
@@ -36,6 +36,14 @@ def sdg_steps(settings: ClusterSettings, recipe_json, data, after):
         .after(*generated).set_display_name("SDG filter")
 
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # the run's id: its training checkpoints live under it
+
+
+def closing_step(settings: ClusterSettings, recipe_json):
+    """The exit handler of a pipeline's steps: it runs however they ended and ends the MLflow parent FAILED if the
+    tracking step never ran (a failed step, a cancelled run), so no parent is left RUNNING."""
+    closing = with_mlflow(on_cpu(track_close(recipe_json=recipe_json, kfp_run_id=RUN_ID), settings, "1", "1Gi"),
+                          settings)
+    return closing.set_caching_options(False).set_display_name("MLflow parent closed")
 
 # the display name of the step whose summary holds each model's scores (what `embedpipe run` reads for its table)
 MODELS = {"base": "base", "stage1": "stage 1", "merged": "merged"}
@@ -75,8 +83,7 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                                     run_id=RUN_ID),
                        settings, settings.gpus_per_node, "16", "200Gi")
 
-    @dsl.pipeline(name="embedpipe-full", description=__doc__.splitlines()[0])
-    def full(recipe_json: str, run_name: str = "") -> str:
+    def pipeline_steps(recipe_json, run_name):
         tracking = with_mlflow(on_cpu(track_open(recipe_json=recipe_json, pipeline="full", kfp_run_id=RUN_ID,
                                                  run_name=run_name, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER),
                                       settings, "1", "1Gi"), settings)
@@ -130,6 +137,11 @@ def build_full_pipeline(settings: ClusterSettings = ClusterSettings()):
                              dev_scores=merged_dev.outputs["Output"] if merged_dev is not None else "")
         with_mlflow(on_cpu(tracked, settings, "2", "16Gi"), settings)
         tracked.set_caching_options(False).set_display_name("MLflow + KServe manifest")
-        return tracked.outputs["Output"]
+        return tracked
+
+    @dsl.pipeline(name="embedpipe-full", description=__doc__.splitlines()[0])
+    def full(recipe_json: str, run_name: str = ""):
+        with dsl.ExitHandler(closing_step(settings, recipe_json), name="pipeline-steps"):
+            pipeline_steps(recipe_json, run_name)
 
     return full

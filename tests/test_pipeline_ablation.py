@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from embedpipe.recipe import load_recipe, recipes_dir
+from pipeline_spec import step_tasks
 
 
 def _recipe(overrides: list[str] | None = None, name: str = "local.yaml"):
@@ -56,7 +57,7 @@ def test_compiled_ablation_pipeline_follows_the_plan():
     recipe = _recipe(["pipeline.ablation.losses=[hard_negative_infonce,in_batch]",
                       "pipeline.ablation.merge_sets=[[mix-a],[mix-a,mix-b]]"])
     spec = compiled_documents(PIPELINES["ablation"], recipe)[0]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = step_tasks(spec)
     names = sorted(tasks)
     assert [n for n in names if n.startswith("synthesize")] == ["synthesize"]
     assert [n for n in names if n.startswith("mine")] == ["mine"]

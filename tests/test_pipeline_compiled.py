@@ -11,6 +11,7 @@ import yaml
 from embedpipe.orchestration import compile as pipeline_compile
 from embedpipe.pipelines import PIPELINES
 from embedpipe.recipe import load_recipe, recipes_dir
+from pipeline_spec import step_tasks
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +63,25 @@ def test_gpu_steps_carry_pool_tolerations_gpus_and_secrets(compiled):
     assert "nodeSelector" not in platform["exec-build-data"]
     track_secrets = {s.get("secretName") for s in platform["exec-track-full"]["secretAsEnv"]}
     assert track_secrets == {"embedpipe-s3", "embedpipe-mlflow"}
-    assert docs[0]["root"]["dag"]["tasks"]["track-full"]["cachingOptions"] == {}  # caching off: a new MLflow run
+    assert step_tasks(docs[0])["track-full"]["cachingOptions"] == {}  # caching off: a new MLflow run
+
+
+def test_every_step_runs_inside_an_exit_handler_that_closes_the_parent(compiled):
+    for (_, kind), docs in compiled.items():
+        root = docs[0]["root"]["dag"]["tasks"]
+        assert set(root) == {"exit-handler-1", "track-close"}, kind
+        close = root["track-close"]
+        assert close["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}  # runs however the steps ended
+        assert close["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == "exit-handler-1"
+        assert close["cachingOptions"] == {}
+        assert {"track-open", f"track-{kind}"} <= set(step_tasks(docs[0]))
 
 
 def test_full_pipeline_shape(compiled):
     spec = compiled[("local", "full")][0]
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {"build-data", "synthesize", "mine", "train-stage1", "plan-variants", "for-loop-1", "merge",
+    tasks = step_tasks(spec)
+    (loop_name,) = [n for n, t in tasks.items() if n.startswith("for-loop") and "parameterIterator" in t]
+    assert {"build-data", "synthesize", "mine", "train-stage1", "plan-variants", loop_name, "merge",
             "track-full"} <= set(tasks)
 
     def role(task):
@@ -76,9 +89,9 @@ def test_full_pipeline_shape(compiled):
 
     evaluations = {role(t) for n, t in tasks.items() if n.startswith("evaluate")}
     assert evaluations == {"dev", "test"}  # the merged model on the dev tasks and on the test tasks
-    loop = spec["components"][tasks["for-loop-1"]["componentRef"]["name"]]["dag"]["tasks"]
+    loop = spec["components"][tasks[loop_name]["componentRef"]["name"]]["dag"]["tasks"]
     assert {role(t) for n, t in loop.items() if n.startswith("evaluate")} == {"dev"}  # each variant, dev only
-    assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"].endswith("plan-variants-Output")
+    assert tasks[loop_name]["parameterIterator"]["items"]["inputParameter"].endswith("plan-variants-Output")
     # the merged model, the untrained base and the stage-1 model on the same tasks
     from embedpipe.pipelines.full import EVALUATED
 
@@ -88,7 +101,7 @@ def test_full_pipeline_shape(compiled):
                          EVALUATED["base"]: {"producerTask": "base-encoder", "outputArtifactKey": "model"},
                          EVALUATED["stage1"]: {"producerTask": "train-stage1", "outputArtifactKey": "model"}}
     merge_input = tasks["merge"]["inputs"]["artifacts"]["models"]["taskOutputArtifact"]
-    assert merge_input["producerTask"] == "for-loop-1"  # dsl.Collected over the stage-2 runs
+    assert merge_input["producerTask"] == loop_name  # dsl.Collected over the stage-2 runs
     images = {e["container"]["image"] for e in _executors(spec).values()}
     assert images == {f"ghcr.io/embedpipe/embedpipe-{r}:0.1.0" for r in ("base", "sdg", "train", "eval")}
 
@@ -108,7 +121,7 @@ def test_ablation_pipeline_shape(compiled):
     unrolled, with the stage-2 variants in a loop, each scored on the dev tasks (tests/test_pipeline_ablation.py
     covers larger grids)."""
     spec = compiled[("local", "ablation")][0]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = step_tasks(spec)
     assert {"build-data", "plan-ablation", "synthesize", "mine", "train-stage1", "merge-cells", "track-ablation"} \
         <= set(tasks)
     loop = next(n for n in tasks if n.startswith("for-loop"))

@@ -9,6 +9,7 @@ from embedpipe.orchestration import compile as pipeline_compile
 from embedpipe.pipelines import PIPELINES
 from embedpipe.orchestration.hub import HubEntry, download, download_plan, is_hub_id
 from embedpipe.recipe import load_recipe, recipes_dir
+from pipeline_spec import step_tasks
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_gpu_steps_mount_the_model_cache_and_shared_memory(paper):
 def test_each_sdg_task_asks_for_its_generators_tensor_parallel_gpus(paper):
     recipe, docs = paper
     spec = docs["full"][0]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = step_tasks(spec)
     executors = spec["deploymentSpec"]["executors"]
     per_generator = {}
     for name, task in tasks.items():
@@ -127,12 +128,12 @@ def test_offline_download_uses_a_prefilled_cache_and_names_what_is_missing(tmp_p
 def test_mining_embeds_the_corpus_in_a_fan_out_before_the_search(paper):
     recipe, docs = paper
     spec = docs["full"][0]
-    tasks = spec["root"]["dag"]["tasks"]
-    loop = next(name for name, t in tasks.items() if t.get("parameterIterator", {}).get("items", {}).get("raw"))
+    tasks = step_tasks(spec)
+    # the search + selection waits for a loop: every embedding task
+    (loop,) = [name for name in tasks["mine"]["dependentTasks"] if name.startswith("for-loop")]
     assert tasks[loop]["parameterIterator"]["items"]["raw"] == str(list(range(recipe.mining.embed_tasks)))
     inner = spec["components"][tasks[loop]["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inner) == ["embed-corpus"]
-    assert loop in tasks["mine"]["dependentTasks"]  # the search + selection waits for every embedding task
     executor = spec["deploymentSpec"]["executors"]["exec-embed-corpus"]
     assert int(executor["container"]["resources"]["accelerator"]["resourceCount"]) == 1
 
@@ -140,7 +141,7 @@ def test_mining_embeds_the_corpus_in_a_fan_out_before_the_search(paper):
 def test_evaluation_fans_out_over_task_groups_then_merges(paper):
     recipe, docs = paper
     spec = docs["full"][0]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = step_tasks(spec)
     loops = [t for t in tasks.values() if t.get("parameterIterator", {}).get("items", {}).get("raw")
              == str(list(range(recipe.evaluation.groups)))]
     inner = [set(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for t in loops]

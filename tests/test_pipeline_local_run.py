@@ -100,7 +100,7 @@ def test_local_run_end_to_end_then_cached_rerun_then_compare(tmp_path, monkeypat
     assert json.loads(Path(second["scores_uri"]).read_text()) == scores
     runs = list((tmp_path / "runs" / "kfp").glob("embedpipe-full-*"))
     second_run = max(runs, key=lambda p: p.stat().st_mtime)
-    assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full", "logs"}  # only tracking ran again
+    assert {p.name for p in second_run.iterdir()} <= {"track-open", "track-full", "track-close", "logs"}  # only tracking
     assert {s["state"] for s in second["steps"] if not s["task"].startswith("track-")} == {"cached"}
     second_parent = mlflow.get_run(second["mlflow_run_id"]).data.metrics  # the cached scores reach the new parent
     for key in ("mean_task", "dev_mean_task", "base.test_mean_task", "stage1.test_mean_task"):

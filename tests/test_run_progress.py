@@ -166,3 +166,59 @@ def test_embedpipe_run_names_the_failed_step_and_its_log(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "step 'stage 1' failed after 4.0s" in result.output
     assert "RuntimeError: CUDA out of memory" in result.output and f"full log: {log}" in result.output
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def a_step(fail: bool) -> str:  # stands for any step: fails as a broken or killed one does
+    if fail:
+        raise SystemExit("out of memory in stage 1")
+    return "{}"
+
+
+def _exit_handled(fail: bool):
+    """The pipelines' own first step and exit handler (the closing step) around one step that fails or not."""
+    from embedpipe.components.track.component import track_open
+    from embedpipe.orchestration.cluster import ClusterSettings
+    from embedpipe.pipelines.full import RUN_ID, closing_step
+
+    @dsl.pipeline(name="embedpipe-full")
+    def pipeline(recipe_json: str):
+        with dsl.ExitHandler(closing_step(ClusterSettings(), recipe_json)):
+            opened = track_open(recipe_json=recipe_json, pipeline="full", kfp_run_id=RUN_ID)
+            a_step(fail=fail).after(opened)
+
+    return pipeline
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_the_exit_handler_ends_a_parent_its_tracking_step_never_reached(tmp_path, monkeypatch, fail):
+    """A pipeline whose steps stop before the tracking step (a failed or cancelled step on Kubeflow) leaves no parent
+    RUNNING: the exit handler runs however the steps ended and ends it FAILED with KFP's state, or FINISHED."""
+    from mlflow_store import PipelineStore
+
+    from embedpipe import tracking
+    from embedpipe.recipe import load_recipe, recipes_dir
+
+    monkeypatch.chdir(tmp_path)
+    store = tracking.setup(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"),
+               raise_on_error=True, enable_caching=False)
+    pipeline = _exit_handled(fail)
+    watcher = StepWatcher(json_format.MessageToDict(pipeline.pipeline_spec), tmp_path / "kfp")
+    if fail:
+        with pytest.raises(RuntimeError), watcher:
+            pipeline(recipe_json=recipe.model_dump_json())
+    else:
+        with watcher:
+            pipeline(recipe_json=recipe.model_dump_json())
+    states = {s.task: s.state for s in watcher.steps}
+    assert states == {"track-open": "done", "a-step": "failed" if fail else "done", "track-close": "done"}
+    closing = next(s for s in watcher.steps if s.task == "track-close")
+    parent = PipelineStore.load(store, "embedpipe-local").parent
+    assert closing.summary.parent_run_id == parent.info.run_id
+    if fail:
+        assert parent.info.status == "FAILED" and parent.data.tags[tracking.FAILURE_TAG].startswith("pipeline FAILED")
+        assert closing.figure == "parent run FAILED (steps failed)"
+    else:
+        assert parent.info.status == "FINISHED" and tracking.FAILURE_TAG not in parent.data.tags

@@ -1,6 +1,7 @@
 """MLflow around a pipeline run: the first step opens the parent run (named after the recipe and run, found by the
 later steps through the KFP run id); the last step publishes the merged model, records scores and artifacts, registers
-the model, renders its KServe manifest and ends the parent (embedpipe.orchestration.publish). Not cached."""
+the model, renders its KServe manifest and ends the parent (embedpipe.orchestration.publish); the exit handler ends a
+parent the last step never reached FAILED. Not cached."""
 
 from typing import List
 
@@ -16,6 +17,18 @@ def track_open(recipe_json: str, pipeline: str, kfp_run_id: str, run_name: str =
 
     return publish.open_run(steps.recipe_from_json(recipe_json), pipeline, kfp_run_id, run_name=run_name,
                             kfp_run_name=kfp_run_name)
+
+
+@dsl.component(base_image=image("base"), install_kfp_package=False)
+def track_close(recipe_json: str, kfp_run_id: str, status: dsl.PipelineTaskFinalStatus) -> str:
+    """The pipeline's exit handler (runs whether its steps succeeded or not): a run that failed before its last step
+    leaves the parent RUNNING; this ends it FAILED with KFP's error (and children a killed step left RUNNING)."""
+    import json
+
+    from embedpipe.orchestration import publish, steps
+
+    return json.dumps(publish.close_run(steps.recipe_from_json(recipe_json), kfp_run_id, status.state,
+                                        status.error_message), default=str)
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)

@@ -71,17 +71,24 @@ def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = 
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     try:
         with steps, watcher:
-            task = func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
-    except BaseException as err:  # the tracking step never ran: the parent run its first step opened ends FAILED
-        _fail_parent_run(recipe, started_ms, err)
+            func(recipe_json=recipe.model_dump_json(), run_name=run_name or "")
+    except BaseException as err:  # the exit handler ended the parent FAILED: name the failed step on it (and end it
+        # here if the exit step died too)
         failed = watcher.failed()
-        if isinstance(err, RuntimeError) and failed:
-            raise StepFailed(failed[0], str(err).splitlines()[0]) from None
+        named = StepFailed(failed[0], str(err).splitlines()[0]) if isinstance(err, RuntimeError) and failed else None
+        _fail_parent_run(recipe, started_ms, named or err)
+        if named is not None:
+            raise named from None
         raise
     seconds = time.perf_counter() - started
-    summary = json.loads(task.outputs["Output"] if hasattr(task, "outputs") and isinstance(task.outputs, dict)
-                         else task.output)
-    return {**summary, "pipeline": pipeline_kind(func), "seconds": round(seconds, 2), "work_root": str(root),
+    kind = pipeline_kind(func)
+    # the run's result is its tracking step's summary (a pipeline returns no output: its steps run inside an exit
+    # handler, and KFP takes pipeline outputs from the top level only)
+    tracked = watcher.output_of(f"comp-track-{kind}")
+    if tracked is None:
+        raise RuntimeError(f"the {kind} pipeline ended without its tracking step's output")
+    summary = json.loads(tracked) if isinstance(tracked, str) else tracked
+    return {**summary, "pipeline": kind, "seconds": round(seconds, 2), "work_root": str(root),
             "tracking_uri": recipe.pipeline.mlflow_tracking_uri, "runner": runner,
             "logs": str(watcher.run_folder / "logs") if watcher.run_folder else None,
             "steps": [step.to_dict() for step in watcher.steps]}
@@ -90,7 +97,7 @@ def run_local(recipe: Recipe, pipeline, run_name: str = "", base: Path | None = 
 def _fail_parent_run(recipe: Recipe, started_ms: int, err: BaseException) -> None:
     try:
         tracking.setup(recipe.pipeline.mlflow_tracking_uri)
-        tracking.fail_open_pipeline_runs(recipe.experiment_name, started_ms, f"{type(err).__name__}: {err}")
+        tracking.fail_pipeline_runs_since(recipe.experiment_name, started_ms, f"{type(err).__name__}: {err}")
     except Exception as close_err:  # noqa: BLE001 - the pipeline's own error is the one to raise
         import logging
 

@@ -47,6 +47,7 @@ class Step:
     summary: summaries.StepSummary | None = None
     log: Path | None = None
     note: str = ""  # why the figure is missing (an output that did not read as its summary)
+    output: Any = None  # the task's ``Output`` parameter as KFP returned it (the tracking step's is the run's result)
 
     @property
     def figure(self) -> str:
@@ -247,6 +248,7 @@ class StepWatcher:
     def _finish(self, step: Step, state: str, outputs: dict | None) -> None:
         step.seconds = time.perf_counter() - (step.started or time.perf_counter())
         if outputs and "Output" in outputs:
+            step.output = outputs["Output"]
             try:
                 step.summary = summaries.read_output(step.component, outputs["Output"])
             except (ValueError, TypeError) as err:  # a summary that does not read: said in the view, not fatal
@@ -288,6 +290,11 @@ class StepWatcher:
                     handle = self._files[step.key] = open(step.log, "a", encoding="utf-8")
             handle.write(text)
             handle.flush()
+
+    def output_of(self, component: str) -> Any:
+        """The ``Output`` of the last finished step of ``component`` (``comp-track-full``), None if none ran."""
+        done = [s for s in self.steps if s.component == component and s.output is not None]
+        return done[-1].output if done else None
 
     def failed(self) -> list[Step]:
         return [s for s in self.steps if s.state == "failed"]

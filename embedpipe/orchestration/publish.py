@@ -50,6 +50,25 @@ def open_run(recipe: Recipe, pipeline: str, kfp_run_id: str, run_name: str = "",
     return run_id
 
 
+def close_run(recipe: Recipe, kfp_run_id: str, state: str, error: str = "") -> dict:
+    """The exit handler's step: the parent of KFP run ``kfp_run_id`` if it is still RUNNING (the pipeline ended
+    before its tracking step: a step failed, the run was cancelled) ends FAILED, tagged with KFP's ``state`` and
+    error; a parent the tracking step ended is left as it is."""
+    _setup(recipe)
+    run_id = tracking.find_pipeline_run(recipe.experiment_name, kfp_run_id)
+    if run_id is None:  # the first step failed before opening it
+        return {"parent_run_id": None, "pipeline_state": state}
+    status = tracking.run_status(run_id)
+    if status != "RUNNING":
+        return {"parent_run_id": run_id, "pipeline_state": state, "status": status}
+    failed = state != "SUCCEEDED"
+    if failed:
+        tracking.tag_failure(run_id, f"pipeline {state}: {error}" if error else f"pipeline {state}")
+    closed = tracking.close_pipeline_run(run_id, failed=failed)
+    log.info("MLflow parent run %s ended %s (pipeline %s)", run_id, closed["status"], state)
+    return {"parent_run_id": run_id, "pipeline_state": state, **closed}
+
+
 def _ui_url(recipe: Recipe, run_id: str) -> str:
     return tracking.ui_url(recipe.pipeline.mlflow_tracking_uri, tracking.experiment_id(recipe.experiment_name), run_id)
 

@@ -184,6 +184,18 @@ class TrackSummary(StepSummary):
         return f"MLflow run {self.mlflow_run_id[:8]}"
 
 
+class CloseSummary(StepSummary):
+    """The exit handler's step: the parent run's status once the pipeline's steps ended (however they ended)."""
+    parent_run_id: str | None = None
+    pipeline_state: str
+    status: str | None = None
+
+    def figure(self) -> str:
+        if self.parent_run_id is None:
+            return "no parent run was opened"
+        return f"parent run {self.status} (steps {self.pipeline_state.lower()})"
+
+
 class CellSummary(StepSummary):
     """An ablation cell's stage-2 merge set: its runs and the merge."""
     name: str
@@ -212,6 +224,7 @@ COMPONENTS: dict[str, type[StepSummary]] = {
     "merge-evaluations": EvalSummary,
     "track-full": TrackSummary,
     "track-ablation": TrackSummary,
+    "track-close": CloseSummary,
 }
 
 

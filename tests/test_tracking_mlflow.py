@@ -247,7 +247,7 @@ def test_closing_fails_children_whose_step_died_and_local_runner_fails_the_paren
     killed = client.create_run(client.get_run(parent_id).info.experiment_id, run_name="stage1",
                                tags={"mlflow.parentRunId": parent_id, tracking.KIND_TAG: "training",
                                      tracking.JOB_TAG: "stage1"})  # a step SIGKILLed mid-training: still RUNNING
-    assert tracking.fail_open_pipeline_runs("embedpipe-local", since, "RuntimeError: step stage 1 failed") == [parent_id]
+    assert tracking.fail_pipeline_runs_since("embedpipe-local", since, "RuntimeError: step stage 1 failed") == [parent_id]
     s = PipelineStore.load(store, "embedpipe-local")
     assert s.parent.info.status == "FAILED" and "stage 1 failed" in s.parent.data.tags["embedpipe.failure"]
     assert s.training("stage1").info.status == "FAILED" and killed.info.run_id == s.training("stage1").info.run_id
@@ -260,9 +260,11 @@ def mlflow_history(run_id: str, metric: str) -> list:
 
 
 # ------------------------------------------------------------------------------------------------------ compare
-def ablation_store(recipe):
+def ablation_store(recipe, seeds=(None,)):
     """An ablation parent as the pipeline leaves it: cells (axes as params, dev per-task scores, merge gain), and
-    stage-2 trainings with dev scores; the loss axis changes training.loss, the merge axis no recipe param."""
+    per (loss, seed) its stage-1 job and stage-2 jobs with dev scores, carrying the axes but the merge set (as
+    publish.record_ablation logs them); the loss axis changes training.loss, the merge axis no recipe param. With
+    ``seeds``, every cell once per seed (the seed adds 0.01 x its index to each score; it changes the root seed)."""
     import mlflow
 
     from embedpipe.orchestration import publish
@@ -275,17 +277,35 @@ def ablation_store(recipe):
         ("in_batch", "mix-a", (0.26, 0.26), None),
     ]
     with mlflow.start_run(run_id=parent_id):
-        for loss, merge_set, (a, b), best in cells:
-            name = f"loss={loss},sdg=recipe,merge={merge_set}"
-            with tracking.recipe_run(recipe, run_name=name, parent_run_id=parent_id,
-                                     tags={tracking.KIND_TAG: "cell", tracking.CELL_TAG: name},
-                                     params={"ablation.loss": loss, "ablation.merge_set": merge_set,
-                                             "ablation.sdg_mix": "recipe", "training.loss": loss}):
-                metrics = {"dev_PydocRetrieval": a, "dev_PydocSTS": b, "dev_mean_task": (a + b) / 2,
-                           "test_mean_task": (a + b) / 2 - 0.01}
-                if best is not None:
-                    metrics.update(dev_best_single_mean_task=best, dev_merge_gain=(a + b) / 2 - best)
-                tracking.log_metrics(metrics)
+        for index, seed in enumerate(seeds):
+            shift = 0.01 * index
+            axes_of_seed = {} if seed is None else {"ablation.seed": str(seed), "seed": str(seed)}
+            suffix = "" if seed is None else f",seed={seed}"
+            for loss in dict.fromkeys(c[0] for c in cells):  # the training jobs the cells stand for
+                jobs = (("stage1", None), ("stage2", (0.34 + shift, 0.40 + shift)))
+                for stage, dev in jobs:
+                    job = f"stage1-{loss}{suffix}/{stage}" if stage == "stage1" else f"stage2-{loss}{suffix}/stage2/mix-a"
+                    with tracking.recipe_run(recipe, run_name=job, parent_run_id=parent_id,
+                                             tags={tracking.KIND_TAG: "training", tracking.JOB_TAG: job,
+                                                   tracking.STAGE_TAG: stage},
+                                             params={"ablation.loss": loss, "ablation.sdg_mix": "recipe",
+                                                     "training.loss": loss, **axes_of_seed}):
+                        if dev:
+                            tracking.log_metrics({"dev_PydocRetrieval": dev[0], "dev_PydocSTS": dev[1],
+                                                  "dev_mean_task": sum(dev) / 2})
+            for loss, merge_set, (a, b), best in cells:
+                a, b, best = a + shift, b + shift, None if best is None else best + shift
+                name = f"loss={loss},sdg=recipe,merge={merge_set}{suffix}"
+                with tracking.recipe_run(recipe, run_name=name, parent_run_id=parent_id,
+                                         tags={tracking.KIND_TAG: "cell", tracking.CELL_TAG: name},
+                                         params={"ablation.loss": loss, "ablation.merge_set": merge_set,
+                                                 "ablation.sdg_mix": "recipe", "training.loss": loss,
+                                                 **axes_of_seed}):
+                    metrics = {"dev_PydocRetrieval": a, "dev_PydocSTS": b, "dev_mean_task": (a + b) / 2,
+                               "test_mean_task": (a + b) / 2 - 0.01}
+                    if best is not None:
+                        metrics.update(dev_best_single_mean_task=best, dev_merge_gain=(a + b) / 2 - best)
+                    tracking.log_metrics(metrics)
     tracking.close_pipeline_run(parent_id)
     return parent_id
 
@@ -328,7 +348,8 @@ def test_compare_shows_axes_merge_gain_borda_and_a_readable_png(store, tmp_path)
     recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
     parent_id = ablation_store(recipe)
     c = compare.compare_runs("embedpipe-local", out_png=tmp_path / "compare.png", parent_run_id=parent_id)
-    assert len(c["runs"]) == 4 and set(c["kinds"]) == {"cell"}
+    # the cells, not the training jobs they stand for (which carry the cells' axes too)
+    assert len(c["runs"]) == 4 and set(c["kinds"]) == {"cell"} and c["left_out_training_runs"] == 4
     assert c["plot_metric"] == "dev_mean_task"
     assert {"dev_mean_task", "test_mean_task", "dev_merge_gain"} <= set(c["metrics"])  # dev and test both shown
     assert set(c["params"]) == {"ablation.loss", "ablation.merge_set", "training.loss"}  # only what differs
@@ -359,6 +380,31 @@ def test_compare_shows_axes_merge_gain_borda_and_a_readable_png(store, tmp_path)
     with Image.open(tmp_path / "compare.png") as png:
         width, height = png.size
     assert (width, height) == tuple(round(v * 100) for v in fig.get_size_inches())
+
+
+def test_compare_many_cells_a_row_each_with_each_values_spread_over_seeds(store, tmp_path):
+    from rich.console import Console
+
+    recipe = load_recipe(recipes_dir() / "local.yaml", [f"pipeline.mlflow_tracking_uri={store}"])
+    parent_id = ablation_store(recipe, seeds=(42, 43))
+    c = compare.compare_runs("embedpipe-local", parent_run_id=parent_id)
+    assert len(c["runs"]) == 8 and c["left_out_training_runs"] == 8
+    loss_axis = c["axes"]["loss"]["values"]
+    assert loss_axis["in_batch"]["per_seed"] == pytest.approx({"42": 0.255, "43": 0.265})
+    assert loss_axis["in_batch"]["seed_spread"] == pytest.approx(0.01)
+    assert "per_seed" in c["axes"]["seed"]["values"]["42"] and not c["axes"]["seed"]["values"]["42"]["per_seed"]
+
+    console = Console(record=True, width=320)  # wide enough that no run name folds
+    for table in compare.comparison_tables(c):
+        console.print(table)
+    text = console.export_text()
+    assert "8 runs (parameters that differ, then scores)" in text  # a row per run
+    row = next(line for line in text.splitlines() if "loss=in_batch,sdg=recipe,merge=mix-a,seed=43" in line)
+    cells = [c.strip() for c in row.split("│")]
+    assert "43" in cells and "mix-a" in cells and "0.2700" in cells  # its seed, merge set, dev score (0.26 + 0.01)
+    assert "seed = ablation.seed" in text or "ablation.seed = seed" in text  # equal columns shown once
+    assert "mean per seed" in text and "42: 0.2550, 43: 0.2650" in text
+    assert "merged at least as good in 2 of 4" in text and "8 training runs of this ablation are not listed" in text
 
 
 def test_compare_full_pipeline_merged_vs_best_variant_with_legend_outside(store, tmp_path):
@@ -431,3 +477,4 @@ def test_compare_command_on_the_latest_pipeline_run(store, tmp_path):
     assert "Borda rank (dev tasks)" in out.output and (tmp_path / "c.png").stat().st_size > 5000
     bad = CliRunner().invoke(app, ["compare", "embedpipe-nope", "--tracking-uri", store, "--parent", "latest"])
     assert bad.exit_code == 2 and "has no pipeline run" in bad.output
+

@@ -45,14 +45,16 @@ def _value(v):
 
 
 def _kind_of(row) -> str:
-    """cell | stage1 | stage2 | merged | run: what a compared run is (tags, else its ablation params)."""
+    """cell | stage1 | stage2 | merged | run: what a compared run is (tags, else its ablation params). A training
+    job of an ablation carries its cells' axes as params too; its stage tag says what it is."""
     kind = _value(row.get(f"tags.{KIND_TAG}"))
     stage = _value(row.get(f"tags.{STAGE_TAG}"))
-    if kind == "cell" or stage == "cell" or any(_value(row.get(c)) is not None for c in row.index
-                                                   if str(c).startswith("params.ablation.")):
+    if kind == "cell" or stage == "cell":
         return "cell"
     if stage in ("stage1", "stage2"):
         return stage
+    if any(_value(row.get(c)) is not None for c in row.index if str(c).startswith("params.ablation.")):
+        return "cell"
     return "run"
 
 
@@ -138,14 +140,25 @@ def axes_summary(frame, names: list[str], kinds: list[str], metric: str | None) 
             per_value = sub.groupby(values)[c].agg(lambda v: v.astype(str).nunique())
             if (per_value == 1).all() and sub[c].astype(str).nunique() > 1:
                 changes.append(c[len("params."):])
+        seeds = sub["params.ablation.seed"].astype(str) if "params.ablation.seed" in sub and axis_col != \
+            "params.ablation.seed" else None
         groups = {}
         for value in dict.fromkeys(values):
             rows = [cells[j] for j, v in enumerate(values) if v == value]
-            scores = [float(frame[column].iloc[r]) for r in rows
-                      if column and column in frame and _value(frame[column].iloc[r]) is not None]
+            scored = {r: float(frame[column].iloc[r]) for r in rows
+                      if column and column in frame and _value(frame[column].iloc[r]) is not None}
+            scores = list(scored.values())
+            per_seed: dict[str, float] = {}
+            if seeds is not None:  # the value's mean under each seed: how far the seeds move it
+                for seed in dict.fromkeys(seeds):
+                    mine = [scored[r] for r in scored if seeds.iloc[cells.index(r)] == seed]
+                    if mine:
+                        per_seed[seed] = sum(mine) / len(mine)
             groups[value] = {"runs": [names[r] for r in rows],
                              "mean": sum(scores) / len(scores) if scores else None,
-                             "best": max(scores) if scores else None}
+                             "best": max(scores) if scores else None,
+                             "per_seed": per_seed,
+                             "seed_spread": max(per_seed.values()) - min(per_seed.values()) if per_seed else None}
         out[axis_col[len("params.ablation."):]] = {"changes": changes, "values": groups}
     return out
 
@@ -155,9 +168,10 @@ def compare_runs(experiment_name: str, out_png: str | os.PathLike | None = None,
     """Runs of an experiment side by side: the differing params, the chosen (default: the dev and test headline)
     metrics, per ablation axis what it changes and scores, merged vs best single, and Borda among the runs.
 
-    With a parent: its children (training jobs, ablation cells) and, when the parent holds scores, the merged model
-    (the parent itself). Returns ``{"runs", "run_ids", "kinds", "params", "metrics", "plot_metric", "axes",
-    "merge", "borda", "plot"}``; ``plot`` is the PNG (one bar per run for the plot metric) or None.
+    With a parent: its children (a pipeline's training jobs; an ablation's cells, whose scores include those of its
+    training jobs, which are left out and counted) and, when the parent holds scores, the merged model (the parent
+    itself). Returns ``{"runs", "run_ids", "kinds", "params", "metrics", "plot_metric", "axes", "merge", "borda",
+    "left_out_training_runs", "plot"}``; ``plot`` is the PNG (one bar per run for the plot metric) or None.
     """
     import pandas as pd
 
@@ -172,10 +186,15 @@ def compare_runs(experiment_name: str, out_png: str | os.PathLike | None = None,
     if frame.empty:
         raise TrackingError(f"experiment {experiment_name!r} has no runs to compare"
                             + (f" under parent run {parent_run_id}" if parent_run_id else ""))
-    names = [str(n) if isinstance(n, str) and n else str(r)[:8]
-             for n, r in zip(frame.get("tags.mlflow.runName", frame["run_id"]), frame["run_id"])]
     kinds = [MERGED_LABEL if parent_run_id and run_id == parent_run_id else _kind_of(row)
              for run_id, (_, row) in zip(frame["run_id"], frame.iterrows())]
+    left_out = 0
+    if parent_run_id and "cell" in kinds:  # an ablation: its cells hold every score (a one-variant cell's is its
+        keep = [i for i, k in enumerate(kinds) if k == "cell"]  # stage-2 job's); the jobs keep their own runs
+        left_out = len(kinds) - len(keep)
+        frame, kinds = frame.iloc[keep].reset_index(drop=True), [kinds[i] for i in keep]
+    names = [str(n) if isinstance(n, str) and n else str(r)[:8]
+             for n, r in zip(frame.get("tags.mlflow.runName", frame["run_id"]), frame["run_id"])]
     if metrics:
         missing = [m for m in metrics if f"metrics.{m}" not in frame]
         if len(missing) == len(metrics):
@@ -197,6 +216,7 @@ def compare_runs(experiment_name: str, out_png: str | os.PathLike | None = None,
         "axes": axes_summary(frame, names, kinds, metric),
         "merge": merge_gains(frame, names, kinds),
         "borda": borda_among(frame, names),
+        "left_out_training_runs": left_out,
         "plot": None,
     }
     if out_png and metric and any(v is not None for v in result["metrics"][metric]):
@@ -257,29 +277,62 @@ def plot_scores(comparison: dict, path: str | os.PathLike, title: str = "", metr
     return path
 
 
+SIDE_BY_SIDE_RUNS = 6  # up to this many runs a column each; more, a row each (a column each would fold to nothing)
+
+
+def _param_groups(params: dict[str, list]) -> dict[str, list]:
+    """Parameters (or metrics) with the same values on every run shown once, their names joined (the root seed and
+    the seed of every area an ablation's seed axis sets; Mean(Task) and Mean(TaskType) over one task)."""
+    groups: dict[tuple, list[str]] = {}
+    for key, values in params.items():
+        groups.setdefault(tuple(values), []).append(key)
+    return {" = ".join(keys): list(values) for values, keys in groups.items()}
+
+
 def comparison_table(comparison: dict):
-    """A rich Table: a column per run, a row per differing parameter, then per metric, then Borda per role."""
+    """A rich Table of the runs: the parameters that differ, the metrics, Borda per role; a column per run (a row
+    per parameter) for a few runs, a row per run (a column per parameter) for more."""
     from rich.table import Table
 
+    runs = comparison["runs"]
+    params = _param_groups(comparison["params"])
+    borda = comparison.get("borda") or {}
+    fmt = {key: ["-" if v is None else v for v in values] for key, values in params.items()}
+    scores = {key: ["-" if v is None else f"{v:.4f}" for v in values]
+              for key, values in _param_groups(comparison["metrics"]).items()}  # Mean(TaskType) = Mean(Task) on 1 task
+    ranks = {f"Borda rank ({role} tasks)": [str(r.get(n, "-")) for n in runs] for role, r in borda.items()}
+    if len(runs) > SIDE_BY_SIDE_RUNS:
+        table = Table(title=f"{len(runs)} runs (parameters that differ, then scores)")
+        table.add_column("run", style="bold", overflow="fold")
+        for key in fmt:
+            table.add_column(key, overflow="fold")
+        for key in scores:
+            table.add_column(key, justify="right", style="cyan")
+        for key in ranks:
+            table.add_column(key, justify="right", style="magenta")
+        columns = [*fmt.values(), *scores.values(), *ranks.values()]
+        for i, name in enumerate(runs):
+            table.add_row(name, *[column[i] for column in columns])
+        return table
     table = Table(title="runs side by side (parameters that differ, then scores)")
     table.add_column("", style="bold")
-    for name in comparison["runs"]:
+    for name in runs:
         table.add_column(name, overflow="fold")
-    for key, values in comparison["params"].items():
-        table.add_row(key, *["-" if v is None else v for v in values])
-    if comparison["params"] and comparison["metrics"]:
+    for key, values in fmt.items():
+        table.add_row(key, *values)
+    if fmt and scores:
         table.add_section()
-    for key, values in comparison["metrics"].items():
-        table.add_row(key, *["-" if v is None else f"{v:.4f}" for v in values], style="cyan")
-    for role, ranks in (comparison.get("borda") or {}).items():
-        table.add_row(f"Borda rank ({role} tasks)", *[str(ranks.get(n, "-")) for n in comparison["runs"]],
-                      style="magenta")
+    for key, values in scores.items():
+        table.add_row(key, *values, style="cyan")
+    for key, values in ranks.items():
+        table.add_row(key, *values, style="magenta")
     return table
 
 
 def comparison_tables(comparison: dict) -> list:
-    """Everything ``embedpipe compare`` prints: the side-by-side table, one table per ablation axis, and merged vs
-    best single."""
+    """Everything ``embedpipe compare`` prints: the runs' table, one table per ablation axis (its cells, mean and
+    best score, with a seed axis each value's mean per seed and their spread), merged vs best single, and a line
+    on the training runs an ablation's cells stand for."""
     from rich.table import Table
 
     out = [comparison_table(comparison)]
@@ -288,16 +341,26 @@ def comparison_tables(comparison: dict) -> list:
         changes = ", ".join(info["changes"]) or "no recipe parameter (the grid's own setting)"
         table = Table(title=f"axis {axis!r}: changes {changes}")
         table.add_column(axis, style="bold")
+        table.add_column("cells", justify="right")
         table.add_column(f"mean {metric}", justify="right")
         table.add_column(f"best {metric}", justify="right")
-        table.add_column("runs", overflow="fold")
+        seeded = any(group.get("per_seed") for group in info["values"].values())
+        if seeded:
+            table.add_column("mean per seed", overflow="fold")
+            table.add_column("seed spread", justify="right")
         ranked = sorted(info["values"].items(), key=lambda kv: -(kv[1]["mean"] if kv[1]["mean"] is not None else -1e9))
         for value, group in ranked:
-            table.add_row(value, "-" if group["mean"] is None else f"{group['mean']:.4f}",
-                          "-" if group["best"] is None else f"{group['best']:.4f}", ", ".join(group["runs"]))
+            row = [value, str(len(group["runs"])), "-" if group["mean"] is None else f"{group['mean']:.4f}",
+                   "-" if group["best"] is None else f"{group['best']:.4f}"]
+            if seeded:
+                row += [", ".join(f"{seed}: {mean:.4f}" for seed, mean in group["per_seed"].items()) or "-",
+                        "-" if group["seed_spread"] is None else f"{group['seed_spread']:.4f}"]
+            table.add_row(*row)
         out.append(table)
     if comparison.get("merge"):
-        table = Table(title="merged vs best single checkpoint")
+        at_least = sum(m["gain"] >= 0 for m in comparison["merge"])
+        table = Table(title=f"merged vs best single checkpoint (merged at least as good in {at_least} of "
+                            f"{len(comparison['merge'])})")
         for column in ("run", "role", "merged", "best single", "gain"):
             table.add_column(column, justify="left" if column in ("run", "role") else "right")
         for m in comparison["merge"]:
@@ -305,4 +368,7 @@ def comparison_tables(comparison: dict) -> list:
             table.add_row(m["run"], m["role"], f"{m['merged']:.4f}", best, f"{m['gain']:+.4f}",
                           style="green" if m["gain"] >= 0 else "red")
         out.append(table)
+    if comparison.get("left_out_training_runs"):
+        out.append(f"{comparison['left_out_training_runs']} training runs of this ablation are not listed: a "
+                   "one-variant cell holds its stage-2 job's dev scores (the jobs' own runs keep their loss curves)")
     return out

@@ -38,8 +38,11 @@ if [ -z "${BASE_IMAGE:-}" ]; then
     BASE_IMAGE=localhost/embedpipe-debian:bookworm
     if ! podman image exists "$BASE_IMAGE"; then
       echo "no registry reachable: making $BASE_IMAGE from Debian packages (debootstrap)"
-      MIRROR=$(grep -rhoE '^(URIs:|deb) *\S+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-               | grep -v security | head -1 | awk '{print $NF}')
+      # the Debian mirror apt uses: only its live source files (*.list, *.sources; not *.disabled-*), never a
+      # third-party repository's, and no failure when a file is missing (set -o pipefail)
+      sources=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+      MIRROR=$( ([ -n "$sources" ] && grep -hoE '^(URIs:|deb) *\S+' $sources 2>/dev/null || true) | awk '{print $NF}' \
+               | grep -E '/debian/?$' | grep -v security | head -1 || true)
       MIRROR=${MIRROR:-http://deb.debian.org/debian}
       ROOTFS=$(mktemp -d /var/tmp/embedpipe-rootfs.XXXXXX)
       started=$SECONDS

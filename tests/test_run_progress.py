@@ -213,6 +213,7 @@ def test_the_exit_handler_ends_a_parent_its_tracking_step_never_reached(tmp_path
         with watcher:
             pipeline(recipe_json=recipe.model_dump_json())
     states = {s.task: s.state for s in watcher.steps}
+    assert len(watcher.steps) == 3  # the planned steps are the ones that ran: none left pending
     assert states == {"track-open": "done", "a-step": "failed" if fail else "done", "track-close": "done"}
     closing = next(s for s in watcher.steps if s.task == "track-close")
     parent = PipelineStore.load(store, "embedpipe-local").parent

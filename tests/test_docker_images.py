@@ -93,6 +93,10 @@ def test_roles_cli_splits_the_no_deps_packages_off(tmp_path):
     assert lines("requirements", str(REPO / "pyproject.toml"), "--no-core", "serve", "serve-cuda?") == \
         ["fastapi", "uvicorn"]
     assert lines("requirements", str(REPO / "pyproject.toml"), "--no-core", "train", "train-cuda?") == ["deepspeed"]
+    # Debian packages per role: Open MPI and sshd in the train image only (Trainer's deepspeed-distributed runtime)
+    assert lines("system-packages", str(REPO / "pyproject.toml"), "train") == ["openmpi-bin", "openssh-server"]
+    assert lines("system-packages", str(REPO / "pyproject.toml"), "base") == []
+    assert "roles.py system-packages pyproject.toml" in DOCKERFILE.read_text()
     bad = subprocess.run([sys.executable, str(REPO / "embedpipe" / "roles.py"), "requirements",
                           str(REPO / "pyproject.toml"), "nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and "no extra 'nope'" in bad.stderr

@@ -151,7 +151,8 @@ def trainjob_manifest(spec: JobSpec, runtime: str = "torch-distributed") -> dict
     - ``deepspeed-distributed``: MPI. The launcher (also a node: ``runLauncherAsNode``) runs ``mpirun`` over Trainer's
       hostfile (``numProcPerNode`` slots per node, as the kubeflow SDK's DeepSpeed entrypoint does); the node pods run
       sshd. ``mpirun -x`` forwards the pod's env to the remote ranks, and ``embedpipe.training.launch`` maps Open
-      MPI's ranks to torch.distributed's (``mpi_to_torch_env``). The image needs Open MPI and sshd for this runtime.
+      MPI's ranks to torch.distributed's (``mpi_to_torch_env``). The train image carries Open MPI and the runtime's
+      sshd set-up (docker/mpi/).
 
     The client is the kubernetes one, not the kubeflow SDK (0.5) TrainerClient: its ``train()`` reads the runtime
     from the API first (cluster-scoped read rights for the launcher, and no offline rendering of k8s/ from the same

@@ -1,6 +1,7 @@
 """The role images, for real: each role's import check inside its image, a broken image (a module removed) naming
 the step and the module, the tiny pipeline run through kfp.local's DockerRunner giving the in-process scores, and
-Trainer's deepspeed-distributed runtime (mpirun over sshd) played by two train containers.
+Trainer's torch-distributed and deepspeed-distributed runtimes (torchrun; mpirun over sshd) played by two train
+containers.
 
 Needs a container engine at DOCKER_HOST (Docker, or podman's service: `bash scripts/podman_setup.sh --service`) with
 the images of `bash scripts/build_images.sh`. Skipped without them, unless EMBEDPIPE_REQUIRE_CONTAINERS=1 (.ci/run
@@ -142,7 +143,7 @@ def test_tiny_pipeline_in_containers_gives_the_in_process_scores(client, tmp_pat
     assert figures["stage 1"].startswith("loss ") and "records" in figures["data build"], figures
 
 
-MPI_SUBNET, MPI_GATEWAY = "10.213.77.0/24", "10.213.77.1"  # a bridge of its own: static addresses, no DNS needed
+NODES_SUBNET, NODES_GATEWAY = "10.213.77.0/24", "10.213.77.1"  # a bridge of its own: static addresses, no DNS needed
 
 
 def _runtime_node_command() -> list[str]:
@@ -160,15 +161,20 @@ def _runtime_node_command() -> list[str]:
     return [*container["command"], *container["args"]]
 
 
-@pytest.mark.timeout(900)  # about a minute here; a launcher that cannot reach its node hangs in ssh/orted
-def test_deepspeed_distributed_runtime_trains_over_mpirun_and_sshd_in_two_train_containers(client, tiny_encoder,
-                                                                                           tmp_path):
-    """Kubeflow Trainer's deepspeed-distributed runtime played by two train-image containers on one network, one rank
-    each over gloo: the node runs the runtime's own command (non-root sshd on port 2222 with the job's key), the
-    launcher (also a node: runLauncherAsNode) runs the TrainJob's trainer.command and trainer.env as
-    ``stage_manifest`` builds them, with what Trainer's MPI plugin adds: the hostfile at /etc/mpi/hostfile, the OMPI
-    variables, the key pair at /home/mpiuser/.ssh. mpirun reaches the node over ssh, the remote rank gets the job's
-    env only through ``-x``, and the stage ends with the weights of the same stage run as 2 local processes."""
+@pytest.mark.timeout(900)  # about a minute each here; a launcher that cannot reach its node hangs in ssh/orted
+@pytest.mark.parametrize("runtime", ["torch-distributed", "deepspeed-distributed"])
+def test_a_two_node_trainjob_trains_in_two_train_containers(runtime, client, tiny_encoder, tmp_path):
+    """Kubeflow Trainer's runtimes played by two train-image containers on one network, one rank each over gloo, each
+    running what ``stage_manifest`` submits plus what Trainer adds to it:
+
+    - torch-distributed: both nodes run trainer.command (torchrun) with trainer.env and the torch plugin's PET_*
+      variables (node rank; node 0 is the master);
+    - deepspeed-distributed: the node runs the runtime's own command (non-root sshd on port 2222 with the job's key);
+      the launcher (also a node: runLauncherAsNode) runs trainer.command with trainer.env and what the MPI plugin
+      adds: the hostfile at /etc/mpi/hostfile, the OMPI variables, the key pair at /home/mpiuser/.ssh. mpirun reaches
+      the node over ssh, and the remote rank gets the job's env only through ``-x``.
+
+    The stage ends with the weights of the same stage run as 2 local processes."""
     import shutil
     import subprocess
 
@@ -179,76 +185,86 @@ def test_deepspeed_distributed_runtime_trains_over_mpirun_and_sshd_in_two_train_
     from embedpipe.recipe import load_recipe
     from tests.test_training_run import RECIPE, SMALL, make_records, same_weights
 
-    node_command = _runtime_node_command()
-    assert node_command[0] == "/usr/sbin/sshd"
-
-    shared = tmp_path / "shared"  # the S3 prefix of a cluster run: both containers and this process see it
-    ssh = tmp_path / "ssh"  # the Secret Trainer's MPI plugin makes and mounts at sshAuthMountPath
-    ssh.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-N", "", "-f", str(ssh / "id_rsa")], check=True)
-    shutil.copy(ssh / "id_rsa.pub", ssh / "authorized_keys")
-    for path in ssh.iterdir():
-        os.chown(path, 1000, 1000)
-        path.chmod(0o600)
-
+    mpi = runtime == "deepspeed-distributed"
     recipe = load_recipe(RECIPE, [*SMALL, "training.nodes=2", "training.gpus_per_node=1",
-                                  "training.launcher=trainjob", "training.runtime=deepspeed-distributed",
+                                  "training.launcher=trainjob", f"training.runtime={runtime}",
                                   "pipeline.artifact_root=/shared/runs"])
-    name = k8s_jobs.job_name(recipe.name, "mpi-test", "stage1")
+    name = k8s_jobs.job_name(recipe.name, "two-nodes", "stage1")
+    shared = tmp_path / "shared"  # the S3 prefix of a cluster run: both containers and this process see it
     job = shared / "runs" / "jobs" / name  # what run_distributed_stage stages before it creates the job
     write_records(make_records(), job / "records.jsonl")
     shutil.copytree(tiny_encoder, job / "init")
     manifest = k8s_jobs.stage_manifest(recipe, "stage1", name, f"/shared/runs/jobs/{name}/init")
     trainer = manifest["spec"]["trainer"]
-    assert manifest["spec"]["runtimeRef"]["name"] == "deepspeed-distributed" and trainer["numNodes"] == 2
+    assert manifest["spec"]["runtimeRef"]["name"] == runtime and trainer["numNodes"] == 2
     for path in [shared, *shared.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
-
-    hosts = {f"{name}-launcher-0-0.{name}": "10.213.77.10", f"{name}-node-0-0.{name}": "10.213.77.11"}
-    (tmp_path / "mpi").mkdir()
-    (tmp_path / "mpi" / "hostfile").write_text("".join(f"{host} slots=1\n" for host in hosts))  # launcher first
     env = {e["name"]: e["value"] for e in trainer["env"] if "value" in e}  # secretKeyRefs: S3 keys, unused here
-    env.update({"OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile", "OMPI_MCA_orte_keep_fqdn_hostnames": "true",
-                "OMPI_MCA_orte_set_default_slots": "1", "OMPI_MCA_plm_rsh_args": "-o ConnectionAttempts=10"})
-    volumes = {str(shared): {"bind": "/shared", "mode": "rw"}, str(ssh): {"bind": "/home/mpiuser/.ssh", "mode": "ro"},
-               str(tmp_path / "mpi"): {"bind": "/etc/mpi", "mode": "ro"}}
+    volumes = {str(shared): {"bind": "/shared", "mode": "rw"}}
 
-    network = client.networks.create(f"embedpipe-mpi-{os.getpid()}", driver="bridge", ipam=docker.types.IPAMConfig(
-        pool_configs=[docker.types.IPAMPool(subnet=MPI_SUBNET, gateway=MPI_GATEWAY)]))
-    made = []
+    # the pods: (FQDN, command, env); Trainer names them <job>-<replicated job>-0-<index>.<job>
+    if mpi:
+        node_command = _runtime_node_command()
+        assert node_command[0] == "/usr/sbin/sshd"
+        ssh = tmp_path / "ssh"  # the Secret Trainer's MPI plugin makes and mounts at sshAuthMountPath
+        ssh.mkdir()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-N", "", "-f", str(ssh / "id_rsa")],
+                       check=True)
+        shutil.copy(ssh / "id_rsa.pub", ssh / "authorized_keys")
+        for path in ssh.iterdir():
+            os.chown(path, 1000, 1000)
+            path.chmod(0o600)
+        launcher, node = f"{name}-launcher-0-0.{name}", f"{name}-node-0-0.{name}"
+        (tmp_path / "mpi").mkdir()
+        (tmp_path / "mpi" / "hostfile").write_text(f"{launcher} slots=1\n{node} slots=1\n")  # the launcher first
+        volumes.update({str(ssh): {"bind": "/home/mpiuser/.ssh", "mode": "ro"},
+                        str(tmp_path / "mpi"): {"bind": "/etc/mpi", "mode": "ro"}})
+        plugin = {"OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile", "OMPI_MCA_orte_keep_fqdn_hostnames": "true",
+                  "OMPI_MCA_orte_set_default_slots": "1", "OMPI_MCA_plm_rsh_args": "-o ConnectionAttempts=10"}
+        pods = [(node, node_command, {}),  # no job env: sshd only, as in the runtime
+                (launcher, trainer["command"], {**env, **plugin})]
+    else:
+        nodes = [f"{name}-node-0-{i}.{name}" for i in range(2)]
+        torch_plugin = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_ADDR": nodes[0],
+                        "PET_MASTER_PORT": "29400"}
+        pods = [(host, trainer["command"], {**env, **torch_plugin, "PET_NODE_RANK": str(i)})
+                for i, host in enumerate(nodes)]
+    hosts = {host: f"10.213.77.{10 + i}" for i, (host, _, _) in enumerate(pods)}
+
+    network = client.networks.create(f"embedpipe-nodes-{os.getpid()}", driver="bridge", ipam=docker.types.IPAMConfig(
+        pool_configs=[docker.types.IPAMPool(subnet=NODES_SUBNET, gateway=NODES_GATEWAY)]))
+    made, logs = [], {}
     try:
-        def container(host, command, environment=None):
+        for host, command, environment in pods:
             made.append(client.containers.create(
                 image("train"), command=command, user="1000", hostname=host.split(".")[0],  # the pod's name
-                environment=environment or {},
-                volumes=volumes, extra_hosts=hosts, network=network.name, networking_config={
-                    network.name: client.api.create_endpoint_config(ipv4_address=hosts[host])}))
-            return made[-1]
-
-        node = container(f"{name}-node-0-0.{name}", node_command)  # no job env: sshd only, as in the runtime
-        node.start()
-        for _ in range(60):  # the runtime's readiness probe (port 2222) gates the launcher job
-            if "Server listening" in node.logs().decode(errors="replace"):
-                break
-            node.reload()
-            assert node.status == "running", node.logs().decode(errors="replace")
-            time.sleep(1)
-        else:
-            pytest.fail(f"sshd did not start: {node.logs().decode(errors='replace')}")
-        launcher = container(f"{name}-launcher-0-0.{name}", trainer["command"], env)
-        launcher.start()
-        code = int(launcher.wait(timeout=600)["StatusCode"])
-        logs = launcher.logs().decode(errors="replace")
-        assert code == 0, logs[-6000:] + "\nnode:\n" + node.logs().decode(errors="replace")[-3000:]
+                environment=environment, volumes=volumes, extra_hosts=hosts, network=network.name,
+                networking_config={network.name: client.api.create_endpoint_config(ipv4_address=hosts[host])}))
+        if mpi:
+            made[0].start()
+            for _ in range(60):  # the runtime's readiness probe (port 2222) gates the launcher job
+                if "Server listening" in made[0].logs().decode(errors="replace"):
+                    break
+                made[0].reload()
+                assert made[0].status == "running", made[0].logs().decode(errors="replace")
+                time.sleep(1)
+            else:
+                pytest.fail(f"sshd did not start: {made[0].logs().decode(errors='replace')}")
+        trainers = made[1:] if mpi else made
+        for container in trainers:
+            container.start()
+        codes = [int(container.wait(timeout=600)["StatusCode"]) for container in trainers]
+        logs = {host: container.logs().decode(errors="replace") for (host, _, _), container in zip(pods, made)}
+        assert codes == [0] * len(trainers), "\n".join(f"== {h}\n{text[-4000:]}" for h, text in logs.items())
     finally:
-        for made_container in made:
+        for container in made:
             with contextlib.suppress(Exception):
-                made_container.remove(force=True)
+                container.remove(force=True)
         with contextlib.suppress(Exception):
             network.remove()
 
     summary = json.loads((job / "model" / "training_summary.json").read_text())
-    assert summary["world_size"] == 2, summary  # one slot per host: rank 1 ran in the node container
+    assert summary["world_size"] == 2, summary  # one process per node: rank 1 ran in the other container
     reference = load_recipe(RECIPE, [*SMALL, "training.gpus_per_node=2"])  # the same ranks as local processes
     steps.train(reference, "stage1", job, str(tiny_encoder), tmp_path / "reference")
     assert same_weights(tmp_path / "reference", job / "model", atol=1e-5)

@@ -156,8 +156,9 @@ def trainjob_manifest(spec: JobSpec, runtime: str = "torch-distributed") -> dict
 
     The client is the kubernetes one, not the kubeflow SDK (0.5) TrainerClient: its ``train()`` reads the runtime
     from the API first (cluster-scoped read rights for the launcher, and no offline rendering of k8s/ from the same
-    builder), and it wraps every create error in a RuntimeError, hiding the 409 a retried launcher relies on to
-    find its job. Its RuntimePatch options produce the same ``runtimePatches`` shape this builds."""
+    builder), and it raises every create error as a RuntimeError (the ApiException only as its ``__cause__``), where a
+    retried launcher needs the 409 to find its job (read in kubeflow 0.5.0's ``backends/kubernetes/backend.py``).
+    Its RuntimePatch options produce the same ``runtimePatches`` shape this builds."""
     if runtime not in RUNTIMES:
         raise ValueError(f"training.runtime {runtime!r}: embedpipe runs on {' or '.join(RUNTIMES)}")
     group = TRAINJOB.group

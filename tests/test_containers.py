@@ -206,6 +206,8 @@ def test_a_two_node_trainjob_trains_in_two_train_containers(runtime, client, tin
     if mpi:
         node_command = _runtime_node_command()
         assert node_command[0] == "/usr/sbin/sshd"
+        code, out, err = run(client, image("train"), ["sh", "-c", "ls /etc/ssh"])
+        assert code == 0 and "ssh_host_" not in out, out + err  # no host key baked into the image: the job's is used
         ssh = tmp_path / "ssh"  # the Secret Trainer's MPI plugin makes and mounts at sshAuthMountPath
         ssh.mkdir()
         subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-N", "", "-f", str(ssh / "id_rsa")],

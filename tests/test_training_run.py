@@ -338,10 +338,16 @@ def test_checkpoints_and_export_on_s3_resume_to_identical_weights(s3_env, tiny_e
     assert same_weights(a, b)
 
 
-@pytest.mark.parametrize("export_dtype, expected", [("training", torch.bfloat16), ("fp32", torch.float32)])
-def test_export_is_in_the_training_dtype_or_fp32_on_request(tiny_encoder, records, tmp_path, export_dtype, expected):
+@pytest.mark.parametrize("export_dtype, native, expected", [
+    ("training", True, torch.bfloat16),  # bf16 autocast: the export in bf16
+    ("training", False, torch.float32),  # a CPU without native bf16 trains in fp32 (a logged note), so exports fp32
+    ("fp32", True, torch.float32)])
+def test_export_is_in_the_training_dtype_or_fp32_on_request(tiny_encoder, records, tmp_path, monkeypatch, export_dtype,
+                                                            native, expected):
     from embedpipe.encoder import read_export_metadata
+    from embedpipe.training import run
 
+    monkeypatch.setattr(run, "cpu_has_native_bf16", lambda: native)  # the same cases on any CPU (CI's lacks bf16)
     recipe = load_recipe(RECIPE, SMALL + ["training.stage1.steps=1", "training.precision=bf16",
                                           f"training.export_dtype={export_dtype}"])
     summary = train_stage(recipe, "stage1", records, tiny_encoder, tmp_path / "out")

@@ -176,7 +176,6 @@ def test_a_two_node_trainjob_trains_in_two_train_containers(runtime, client, tin
 
     The stage ends with the weights of the same stage run as 2 local processes."""
     import shutil
-    import subprocess
 
     import docker
 
@@ -209,9 +208,12 @@ def test_a_two_node_trainjob_trains_in_two_train_containers(runtime, client, tin
         code, out, err = run(client, image("train"), ["sh", "-c", "ls /etc/ssh"])
         assert code == 0 and "ssh_host_" not in out, out + err  # no host key baked into the image: the job's is used
         ssh = tmp_path / "ssh"  # the Secret Trainer's MPI plugin makes and mounts at sshAuthMountPath
-        ssh.mkdir()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-N", "", "-f", str(ssh / "id_rsa")],
-                       check=True)
+        ssh.mkdir(mode=0o777)
+        ssh.chmod(0o777)  # the image's ssh-keygen (uid 1000) writes the pair: the host may have no openssh-client
+        code, out, err = run(client, image("train"), ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-N", "", "-f",
+                                                      "/keys/id_rsa"], user="1000",
+                             volumes={str(ssh): {"bind": "/keys", "mode": "rw"}})
+        assert code == 0, out + err
         shutil.copy(ssh / "id_rsa.pub", ssh / "authorized_keys")
         for path in ssh.iterdir():
             os.chown(path, 1000, 1000)

@@ -391,18 +391,27 @@ def open_text(uri: str | os.PathLike) -> Iterator[io.TextIOBase]:
 
 
 def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local path for ``uri``: local paths as they are, S3 artifacts downloaded once into ``cache_dir``."""
+    """A local path for ``uri``: local paths as they are, S3 artifacts downloaded once into ``cache_dir``.
+
+    Safe across processes: the ranks of a training pod all ask for the same init model and records at once. A file
+    lock beside the entry lets the first download it while the others wait and then read that one copy (without it,
+    each rank downloaded the whole model and a late one replaced the folder another was already loading)."""
     if not is_remote(uri):
         return Path(uri)
     import hashlib
+
+    from filelock import FileLock
 
     cache = Path(cache_dir or Path(tempfile.gettempdir()) / "embedpipe-s3-cache")
     bucket, key = split_uri(str(uri))
     # keyed by the URI and the stored version, so an artifact overwritten at the same URI is fetched again
     version = f"{uri}\n{_stored_version(str(uri))}"
-    target = cache / hashlib.sha256(version.encode()).hexdigest()[:16] / (Path(key).name or bucket)
-    if not target.exists():
-        download(str(uri), target)
+    entry = cache / hashlib.sha256(version.encode()).hexdigest()[:16]
+    target = entry / (Path(key).name or bucket)
+    entry.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry / ".lock")):
+        if not target.exists():
+            download(str(uri), target)
     return target
 
 

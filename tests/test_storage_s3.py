@@ -134,6 +134,43 @@ def test_single_file_and_text_helpers(s3_env, tmp_path):
     assert not storage.is_complete("s3://artifacts/run1/scores.json")
 
 
+def _local_copy_in_process(uri, cache, barrier, results):
+    barrier.wait()  # every process asks at the same moment, as the ranks of a training pod do
+    try:
+        path = storage.local_copy(uri, cache)
+        results.put((str(path), _tree(path), (path / "weights.bin").stat().st_ino))
+    except Exception as error:  # reported to the test, not lost in a child's stderr
+        results.put(("error", repr(error), None))
+
+
+def test_concurrent_local_copies_download_once_and_all_read_it(s3_env, tmp_path):
+    """Four processes (a pod's ranks) ask for the same S3 folder at once: all get the whole folder, from one
+    download (the same file on disk for all), and none fails on another's half-finished copy."""
+    import multiprocessing
+
+    src = tmp_path / "init"
+    src.mkdir()
+    for i in range(8):
+        (src / f"shard-{i}.bin").write_bytes(os.urandom(512 * 1024))
+    (src / "weights.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    storage.upload(src, "s3://artifacts/run1/init")
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_local_copy_in_process,
+                                 args=("s3://artifacts/run1/init", str(tmp_path / "cache"), barrier, results))
+                 for _ in range(4)]
+    for process in processes:
+        process.start()
+    got = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    errors = [message for path, message, _ in got if path == "error"]
+    assert not errors, errors
+    assert len({path for path, _, _ in got}) == 1 and len({inode for _, _, inode in got}) == 1
+    assert all(tree == _tree(src) for _, tree, _ in got)
+
+
 def test_artifact_without_marker_is_refused(s3_env, tmp_path):
     """Objects written but never marked (an upload that died) are not read as a whole artifact."""
     import io

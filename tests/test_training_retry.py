@@ -163,6 +163,15 @@ class TrainerOperator:
         self.server.shutdown()
 
 
+def _log_excerpt(path) -> str:
+    """A job's log for an assertion message: its first traceback (a rank's own error, which torchrun's summary
+    does not repeat) and its end."""
+    text = open(path).read()
+    start = text.find("Traceback")
+    head = text[start:start + 6000] + "\n[...]\n" if start >= 0 else ""
+    return f"=== {path}\n{head}{text[-2500:]}"
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """A local S3 endpoint (moto's server: the S3 wire protocol the minio client speaks), with one bucket."""
@@ -219,7 +228,7 @@ def test_a_retried_launcher_reuses_its_job_name_and_training_resumes(tiny_encode
                                                          api_client=operator.client(), poll_s=0.5)
     finally:
         operator.close()
-    logs = "\n".join(open(r["log"]).read()[-2000:] for r in operator.runs)
+    logs = "\n".join(_log_excerpt(r["log"]) for r in operator.runs)
     assert [r["name"] for r in operator.runs] == [name, name], logs
     assert ("DELETE", name) in operator.requests and operator.requests.count(("POST", name)) == 3  # 201, 409, 201
     assert summary["world_size"] == 2 and summary["start_step"] == 2, logs

@@ -5,6 +5,7 @@ step 2 and ends with the weights of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -166,7 +167,7 @@ class TrainerOperator:
 def _log_excerpt(path) -> str:
     """A job's log for an assertion message: its first traceback (a rank's own error, which torchrun's summary
     does not repeat) and its end."""
-    text = open(path).read()
+    text = Path(path).read_text(errors="replace")
     start = text.find("Traceback")
     head = text[start:start + 6000] + "\n[...]\n" if start >= 0 else ""
     return f"=== {path}\n{head}{text[-2500:]}"
